@@ -1,0 +1,140 @@
+//! OCI runtime binaries as the shim drives them.
+//!
+//! One trait, [`OciRuntime`], for everything the Task service asks of a
+//! runtime; one driver per binary family. Every binary runs under the shim's
+//! [`reaper`], which is the only place processes are waited for.
+
+pub mod command;
+pub mod reaper;
+pub mod runc;
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use serde::Deserialize;
+
+pub use reaper::{Exit, ExitReceiver, WaitStatus};
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{binary} {action}: cannot run it: {source}")]
+    Spawn {
+        binary: String,
+        action: &'static str,
+        source: std::io::Error,
+    },
+    #[error("{binary} {action} {id}: {status}: {message}")]
+    Failed {
+        binary: String,
+        action: &'static str,
+        id: String,
+        status: WaitStatus,
+        message: String,
+    },
+    #[error("{binary} {action} {id}: unreadable output: {message}")]
+    BadOutput {
+        binary: String,
+        action: &'static str,
+        id: String,
+        message: String,
+    },
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+}
+
+impl Error {
+    /// The runtime has no such container (already deleted, never created).
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            Error::Failed { message, .. } => {
+                let m = message.to_ascii_lowercase();
+                m.contains("does not exist") || m.contains("not found") || m.contains("no such")
+            }
+            _ => false,
+        }
+    }
+
+    /// The container or its sandbox has already stopped; a kill has nothing
+    /// left to signal. runc says "container not running", runsc "sandbox is
+    /// not running" (DESIGN.md §4): both mean "already gone", not "retry".
+    pub fn is_not_running(&self) -> bool {
+        match self {
+            Error::Failed { message, .. } => {
+                let m = message.to_ascii_lowercase();
+                m.contains("not running")
+                    || m.contains("process already finished")
+                    || m.contains("no such process")
+                    || m.contains("container is stopped")
+            }
+            _ => false,
+        }
+    }
+}
+
+pub type Result<T> = std::result::Result<T, Error>;
+
+/// The standard streams handed to a container process (None = /dev/null).
+#[derive(Default)]
+pub struct ProcessStdio {
+    pub stdin: Option<OwnedFd>,
+    pub stdout: Option<OwnedFd>,
+    pub stderr: Option<OwnedFd>,
+}
+
+pub struct CreateOptions<'a> {
+    pub bundle: &'a Path,
+    pub pid_file: &'a Path,
+    pub console_socket: Option<&'a Path>,
+    pub no_pivot_root: bool,
+    pub no_new_keyring: bool,
+    pub stdio: ProcessStdio,
+}
+
+pub struct ExecOptions<'a> {
+    pub process_file: &'a Path,
+    pub pid_file: &'a Path,
+    pub console_socket: Option<&'a Path>,
+    pub stdio: ProcessStdio,
+}
+
+/// `state` as runc-compatible runtimes print it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ContainerState {
+    pub id: String,
+    #[serde(default)]
+    pub pid: i32,
+    pub status: String,
+    #[serde(default)]
+    pub bundle: String,
+}
+
+/// The OCI runtime binary behind one container.
+#[async_trait]
+pub trait OciRuntime: Send + Sync {
+    fn binary(&self) -> &Path;
+    fn root(&self) -> &Path;
+    async fn create(&self, id: &str, opts: CreateOptions<'_>) -> Result<()>;
+    async fn start(&self, id: &str) -> Result<()>;
+    async fn exec(&self, id: &str, opts: ExecOptions<'_>) -> Result<()>;
+    async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()>;
+    async fn delete(&self, id: &str, force: bool) -> Result<()>;
+    async fn pause(&self, id: &str) -> Result<()>;
+    async fn resume(&self, id: &str) -> Result<()>;
+    async fn ps(&self, id: &str) -> Result<Vec<i32>>;
+    /// `resources` is an OCI `LinuxResources` JSON document.
+    async fn update(&self, id: &str, resources: &[u8]) -> Result<()>;
+    async fn state(&self, id: &str) -> Result<ContainerState>;
+}
+
+/// Where a runtime keeps its state when the configuration names no root.
+pub fn default_root(binary: &Path, namespace: &str) -> PathBuf {
+    let name = binary
+        .file_name()
+        .and_then(|n| n.to_str())
+        .unwrap_or("runc");
+    PathBuf::from(format!("/run/containerd/{name}")).join(namespace)
+}

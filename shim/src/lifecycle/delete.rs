@@ -1,0 +1,67 @@
+//! `delete`: containerd's clean-up after a shim that died. The container's
+//! runtime state and rootfs must go; the exit is reported as SIGKILL.
+
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::Command;
+
+use containerd_shim::Flags;
+use containerd_shim_protos::api::DeleteResponse;
+use containerd_shim_protos::protobuf::{Message, MessageField};
+
+use crate::config::RuntimeConfig;
+use crate::task::container::SAVED_CONFIG;
+
+pub fn run(flags: &Flags) -> Result<(), String> {
+    let bundle = if flags.bundle.is_empty() {
+        std::env::current_dir().map_err(|e| format!("delete: current dir: {e}"))?
+    } else {
+        PathBuf::from(&flags.bundle)
+    };
+    let config = match std::fs::read(bundle.join(SAVED_CONFIG)) {
+        Ok(bytes) => serde_json::from_slice::<RuntimeConfig>(&bytes)
+            .map_err(|e| format!("delete: {}: {e}", bundle.join(SAVED_CONFIG).display()))?,
+        // Never created (start succeeded, Create did not): plain defaults.
+        Err(_) => RuntimeConfig::default(),
+    };
+    let binary = PathBuf::from(&config.binary_name);
+    let root = config
+        .root
+        .clone()
+        .unwrap_or_else(|| oomguard_runtimes::default_root(&binary, &flags.namespace));
+    let out = Command::new(&binary)
+        .arg("--root")
+        .arg(&root)
+        .args(config.runtime_global_flags())
+        .args(["delete", "--force", &flags.id])
+        .output();
+    match out {
+        Ok(o) if o.status.success() => {}
+        Ok(o) => {
+            let msg = String::from_utf8_lossy(&o.stderr);
+            if !msg.contains("does not exist") && !msg.contains("not found") {
+                eprintln!(
+                    "delete {}: {} delete: {}",
+                    flags.id,
+                    binary.display(),
+                    msg.trim()
+                );
+            }
+        }
+        Err(e) => eprintln!("delete {}: run {}: {e}", flags.id, binary.display()),
+    }
+    if let Err(e) = crate::rootfs::unmount(&bundle.join("rootfs")) {
+        eprintln!("delete {}: {e}", flags.id);
+    }
+    let mut resp = DeleteResponse::new();
+    resp.exit_status = 128 + libc::SIGKILL as u32;
+    resp.exited_at = MessageField::some(crate::events::now());
+    let bytes = resp
+        .write_to_bytes()
+        .map_err(|e| format!("delete: encode response: {e}"))?;
+    let mut stdout = std::io::stdout();
+    stdout
+        .write_all(&bytes)
+        .and_then(|_| stdout.flush())
+        .map_err(|e| format!("delete: write response: {e}"))
+}

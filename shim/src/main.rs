@@ -1,0 +1,39 @@
+//! containerd-shim-oomguard-v2: a containerd shim (task API v2) that runs
+//! containers through runc or runsc and reports every OOM kill truthfully.
+
+mod config;
+mod events;
+mod lifecycle;
+mod metrics;
+mod oom;
+mod rootfs;
+mod rpc;
+mod stdio;
+mod task;
+
+fn main() {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    let flags = match containerd_shim::parse(&args[1..]) {
+        Ok(f) => f,
+        Err(e) => {
+            eprintln!("containerd-shim-oomguard-v2: {e}");
+            std::process::exit(2);
+        }
+    };
+    if flags.version {
+        println!("containerd-shim-oomguard-v2 {}", env!("CARGO_PKG_VERSION"));
+        return;
+    }
+    let result = match flags.action.as_str() {
+        "start" => lifecycle::start::run(&flags),
+        "delete" => lifecycle::delete::run(&flags),
+        "" => lifecycle::serve::run(&flags),
+        other => Err(format!(
+            "unknown action {other:?} (start, delete, or none to serve)"
+        )),
+    };
+    if let Err(e) = result {
+        eprintln!("containerd-shim-oomguard-v2: {e}");
+        std::process::exit(1);
+    }
+}

@@ -1,0 +1,342 @@
+//! One container: its bundle, its runtime, its init and exec processes, and
+//! the runtime calls that create, start, exec into and delete it.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use log::{info, warn};
+use oomguard_runtimes::reaper::reaper;
+use oomguard_runtimes::runc::Runc;
+use oomguard_runtimes::{CreateOptions, ExecOptions, ExitReceiver, OciRuntime};
+
+use crate::config::RuntimeConfig;
+use crate::rootfs;
+use crate::rpc::{self, RpcResult};
+use crate::stdio::{self, ConsoleSocket, IoHandles, StdioSpec};
+use crate::task::process::{Process, State};
+
+/// Where the shim keeps what `delete` needs after a crash.
+pub const SAVED_CONFIG: &str = "oomguard.json";
+
+pub struct Container {
+    pub id: String,
+    pub namespace: String,
+    pub bundle: PathBuf,
+    pub config: RuntimeConfig,
+    pub runtime: Arc<dyn OciRuntime>,
+    pub init: Arc<Process>,
+    pub execs: Mutex<HashMap<String, Arc<Process>>>,
+    rootfs_mounted: bool,
+}
+
+/// Builds the runtime driver a configuration names.
+pub fn runtime_for(config: &RuntimeConfig, bundle: &Path, namespace: &str) -> Arc<dyn OciRuntime> {
+    let binary = PathBuf::from(&config.binary_name);
+    let root = config
+        .root
+        .clone()
+        .unwrap_or_else(|| oomguard_runtimes::default_root(&binary, namespace));
+    let runc = Runc::new(binary, root, bundle.join("log.json"), config.systemd_cgroup);
+    Arc::new(runc.with_global_args(config.runtime_global_flags()))
+}
+
+pub struct CreateRequest<'a> {
+    pub id: &'a str,
+    pub namespace: &'a str,
+    pub bundle: &'a Path,
+    pub rootfs: &'a [containerd_shim_protos::types::mount::Mount],
+    pub stdio: StdioSpec,
+    pub config: RuntimeConfig,
+}
+
+impl Container {
+    /// Creates the container; returns it with a receiver for its init's exit.
+    pub async fn create(req: CreateRequest<'_>) -> RpcResult<(Arc<Container>, ExitReceiver)> {
+        let bundle = req.bundle.to_path_buf();
+        let saved = serde_json::to_vec(&req.config).map_err(|e| rpc::internal(e.to_string()))?;
+        std::fs::write(bundle.join(SAVED_CONFIG), saved).map_err(|e| {
+            rpc::invalid(format!(
+                "bundle {}: cannot write {SAVED_CONFIG}: {e}",
+                bundle.display()
+            ))
+        })?;
+
+        let rootfs_mounted = !req.rootfs.is_empty();
+        rootfs::mount(req.rootfs, &bundle.join("rootfs"))
+            .map_err(|e| rpc::internal(format!("rootfs: {e}")))?;
+
+        let runtime = runtime_for(&req.config, &bundle, req.namespace);
+        let init = Arc::new(Process::new(String::new(), req.stdio.clone()));
+        let created = Self::create_init(&req, &bundle, runtime.as_ref(), &init).await;
+        let exit = match created {
+            Ok(exit) => exit,
+            Err(e) => {
+                if let Err(u) = rootfs::unmount(&bundle.join("rootfs")) {
+                    warn!("create id={}: unmount after failure: {u}", req.id);
+                }
+                return Err(e);
+            }
+        };
+        let container = Arc::new(Container {
+            id: req.id.to_string(),
+            namespace: req.namespace.to_string(),
+            bundle,
+            config: req.config,
+            runtime,
+            init,
+            execs: Mutex::new(HashMap::new()),
+            rootfs_mounted,
+        });
+        Ok((container, exit))
+    }
+
+    async fn create_init(
+        req: &CreateRequest<'_>,
+        bundle: &Path,
+        runtime: &dyn OciRuntime,
+        init: &Process,
+    ) -> RpcResult<ExitReceiver> {
+        let pid_file = bundle.join("init.pid");
+        let console = if req.stdio.terminal {
+            Some(ConsoleSocket::new().map_err(|e| rpc::internal(format!("console socket: {e}")))?)
+        } else {
+            None
+        };
+        let (process_stdio, mut handles) = if req.stdio.terminal {
+            (Default::default(), IoHandles::default())
+        } else {
+            stdio::open(&req.stdio, req.namespace, req.id)
+                .await
+                .map_err(|e| rpc::invalid(format!("stdio: {e}")))?
+        };
+        let expecting = reaper().expect();
+        runtime
+            .create(
+                req.id,
+                CreateOptions {
+                    bundle,
+                    pid_file: &pid_file,
+                    console_socket: console.as_ref().map(|c| c.path()),
+                    no_pivot_root: req.config.no_pivot_root,
+                    no_new_keyring: req.config.no_new_keyring,
+                    stdio: process_stdio,
+                },
+            )
+            .await
+            .map_err(rpc::from_runtime)?;
+        let pid = read_pid(&pid_file)?;
+        let exit = reaper().watch(pid);
+        drop(expecting);
+        init.set_pid(pid);
+        if let Some(socket) = console {
+            let master = receive_console(&socket).await?;
+            handles = stdio::attach_console(&req.stdio, master)
+                .map_err(|e| rpc::invalid(format!("stdio: {e}")))?;
+        }
+        *init.io.lock().await = handles;
+        info!(
+            "create id={} pid={pid} runtime={}",
+            req.id,
+            runtime.binary().display()
+        );
+        Ok(exit)
+    }
+
+    pub async fn start(&self) -> RpcResult<i32> {
+        match self.init.state() {
+            State::Created => {}
+            State::Stopped => {
+                return Err(rpc::precondition(format!(
+                    "container {} has already exited",
+                    self.id
+                )))
+            }
+            _ => {
+                return Err(rpc::precondition(format!(
+                    "container {} is already started",
+                    self.id
+                )))
+            }
+        }
+        self.runtime
+            .start(&self.id)
+            .await
+            .map_err(rpc::from_runtime)?;
+        self.init.set_state(State::Running);
+        Ok(self.init.pid())
+    }
+
+    pub fn exec_process(&self, exec_id: &str) -> RpcResult<Arc<Process>> {
+        let execs = self.execs.lock().unwrap_or_else(|p| p.into_inner());
+        execs.get(exec_id).cloned().ok_or_else(|| {
+            rpc::not_found(format!(
+                "exec {exec_id:?} of container {} does not exist",
+                self.id
+            ))
+        })
+    }
+
+    /// The init for an empty exec id, else that exec.
+    pub fn process(&self, exec_id: &str) -> RpcResult<Arc<Process>> {
+        if exec_id.is_empty() {
+            Ok(self.init.clone())
+        } else {
+            self.exec_process(exec_id)
+        }
+    }
+
+    pub fn add_exec(&self, exec_id: &str, stdio: StdioSpec) -> RpcResult<()> {
+        let mut execs = self.execs.lock().unwrap_or_else(|p| p.into_inner());
+        if execs.contains_key(exec_id) {
+            return Err(rpc::already_exists(format!(
+                "exec {exec_id:?} of container {} already exists",
+                self.id
+            )));
+        }
+        execs.insert(
+            exec_id.to_string(),
+            Arc::new(Process::new(exec_id.to_string(), stdio)),
+        );
+        Ok(())
+    }
+
+    pub fn remove_exec(&self, exec_id: &str) {
+        let mut execs = self.execs.lock().unwrap_or_else(|p| p.into_inner());
+        execs.remove(exec_id);
+        let _ = std::fs::remove_file(self.exec_file(exec_id, "json"));
+        let _ = std::fs::remove_file(self.exec_file(exec_id, "pid"));
+    }
+
+    pub fn exec_file(&self, exec_id: &str, ext: &str) -> PathBuf {
+        self.bundle.join(format!("exec-{exec_id}.{ext}"))
+    }
+
+    /// Starts an exec process from the OCI process document saved at Exec.
+    pub async fn start_exec(&self, process: &Process) -> RpcResult<(i32, ExitReceiver)> {
+        if self.init.state() == State::Stopped {
+            return Err(rpc::precondition(format!(
+                "container {} is not running",
+                self.id
+            )));
+        }
+        if process.state() != State::Created {
+            return Err(rpc::precondition(format!(
+                "exec {:?} is already started",
+                process.exec_id
+            )));
+        }
+        let process_file = self.exec_file(&process.exec_id, "json");
+        let pid_file = self.exec_file(&process.exec_id, "pid");
+        let console = if process.stdio.terminal {
+            Some(ConsoleSocket::new().map_err(|e| rpc::internal(format!("console socket: {e}")))?)
+        } else {
+            None
+        };
+        let (process_stdio, mut handles) = if process.stdio.terminal {
+            (Default::default(), IoHandles::default())
+        } else {
+            stdio::open(&process.stdio, &self.namespace, &self.id)
+                .await
+                .map_err(|e| rpc::invalid(format!("stdio: {e}")))?
+        };
+        let expecting = reaper().expect();
+        self.runtime
+            .exec(
+                &self.id,
+                ExecOptions {
+                    process_file: &process_file,
+                    pid_file: &pid_file,
+                    console_socket: console.as_ref().map(|c| c.path()),
+                    stdio: process_stdio,
+                },
+            )
+            .await
+            .map_err(rpc::from_runtime)?;
+        let pid = read_pid(&pid_file)?;
+        let exit = reaper().watch(pid);
+        drop(expecting);
+        process.set_pid(pid);
+        process.set_state(State::Running);
+        if let Some(socket) = console {
+            let master = receive_console(&socket).await?;
+            handles = stdio::attach_console(&process.stdio, master)
+                .map_err(|e| rpc::invalid(format!("stdio: {e}")))?;
+        }
+        *process.io.lock().await = handles;
+        info!("exec id={} exec_id={} pid={pid}", self.id, process.exec_id);
+        Ok((pid, exit))
+    }
+
+    /// Removes the container from its runtime and unmounts its rootfs.
+    pub async fn delete(&self) -> RpcResult<()> {
+        match self.runtime.delete(&self.id, true).await {
+            Ok(()) => {}
+            Err(e) if e.is_not_found() => {}
+            Err(e) => return Err(rpc::from_runtime(e)),
+        }
+        if self.rootfs_mounted {
+            rootfs::unmount(&self.bundle.join("rootfs"))
+                .map_err(|e| rpc::internal(format!("rootfs: {e}")))?;
+        }
+        Ok(())
+    }
+
+    /// Execs that have not yet been reaped.
+    pub fn running_execs(&self) -> Vec<Arc<Process>> {
+        let execs = self.execs.lock().unwrap_or_else(|p| p.into_inner());
+        execs
+            .values()
+            .filter(|p| matches!(p.state(), State::Running | State::Paused))
+            .cloned()
+            .collect()
+    }
+}
+
+fn read_pid(path: &Path) -> RpcResult<i32> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| rpc::internal(format!("pid file {}: {e}", path.display())))?;
+    text.trim()
+        .parse::<i32>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| {
+            rpc::internal(format!(
+                "pid file {}: not a pid: {:?}",
+                path.display(),
+                text.trim()
+            ))
+        })
+}
+
+async fn receive_console(socket: &ConsoleSocket) -> RpcResult<stdio::Console> {
+    match tokio::time::timeout(Duration::from_secs(10), socket.receive()).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(rpc::internal(format!("console socket: {e}"))),
+        Err(_) => Err(rpc::internal(
+            "console socket: runtime sent no terminal within 10s",
+        )),
+    }
+}
+
+impl Container {
+    /// Gathers the evidence for an init's exit and decides.
+    pub async fn judge(&self, exit: &oomguard_runtimes::Exit) -> crate::oom::Verdict {
+        crate::oom::decide(&crate::oom::Evidence {
+            wait_status: Some(exit.status),
+            oom_kills: Some(0),
+            oom_group: self.config.oom_group,
+            is_init: true,
+            ..Default::default()
+        })
+    }
+
+    pub async fn judge_exec(&self, exit: &oomguard_runtimes::Exit) -> crate::oom::Verdict {
+        crate::oom::decide(&crate::oom::Evidence {
+            wait_status: Some(exit.status),
+            oom_kills: Some(0),
+            ..Default::default()
+        })
+    }
+}
