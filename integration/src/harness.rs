@@ -1,1 +1,448 @@
+//! Private containerd instances (started by `hack/containerd.sh`) and the
+//! observations tests make through them: ctr, the event stream, leftovers.
 
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const RUNTIME: &str = "io.containerd.oomguard.v2";
+pub const STOCK_RUNTIME: &str = "io.containerd.runc.v2";
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("integration/ has a parent")
+        .to_path_buf()
+}
+
+/// The busybox rootfs made by `hack/rootfs.sh`.
+pub fn rootfs() -> PathBuf {
+    let out = Command::new(repo().join("hack/rootfs.sh"))
+        .output()
+        .expect("run hack/rootfs.sh");
+    assert!(
+        out.status.success(),
+        "hack/rootfs.sh: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+}
+
+/// The containerd versions the product supports, as `hack/` names them.
+pub const VERSIONS: [&str; 3] = ["1.6", "1.7", "2"];
+
+pub struct Containerd {
+    pub version: String,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    pub namespace: String,
+    ctr: PathBuf,
+    stopped: bool,
+}
+
+impl Containerd {
+    pub fn start(version: &str) -> Containerd {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = PathBuf::from(format!(
+            "/tmp/oomguard-it/{}-{}-{n}",
+            version,
+            std::process::id()
+        ));
+        let shim_dir = std::env::var("OOMGUARD_SHIM_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| repo().join("target/debug"));
+        assert!(
+            shim_dir.join("containerd-shim-oomguard-v2").exists(),
+            "build the shim first (cargo build): {} has no containerd-shim-oomguard-v2",
+            shim_dir.display()
+        );
+        let out = Command::new(repo().join("hack/containerd.sh"))
+            .arg("start")
+            .arg(version)
+            .arg(&dir)
+            .arg(&shim_dir)
+            .output()
+            .expect("run hack/containerd.sh");
+        assert!(
+            out.status.success(),
+            "containerd {version} did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        Containerd {
+            version: version.to_string(),
+            socket: dir.join("containerd.sock"),
+            ctr: repo().join(format!(".cache/containerd/{version}/bin/ctr")),
+            namespace: "oomguard-test".to_string(),
+            dir,
+            stopped: false,
+        }
+    }
+
+    pub fn ctr_command(&self) -> Command {
+        let mut cmd = Command::new(&self.ctr);
+        cmd.arg("--address")
+            .arg(&self.socket)
+            .arg("--namespace")
+            .arg(&self.namespace);
+        cmd
+    }
+
+    /// Runs ctr with a deadline; returns its output.
+    pub fn ctr(&self, args: &[&str]) -> Output {
+        let mut cmd = self.ctr_command();
+        cmd.args(args).stdin(Stdio::null());
+        run_with_timeout(cmd, Duration::from_secs(60))
+    }
+
+    /// `ctr run --rm` in the foreground under `runtime`; returns the output.
+    pub fn run(&self, runtime: &str, id: &str, opts: &[&str], cmd: &[&str]) -> Output {
+        let root = rootfs();
+        let mut args = vec!["run", "--rm", "--runtime", runtime];
+        args.extend_from_slice(opts);
+        let root = root.to_string_lossy().to_string();
+        args.extend_from_slice(&["--rootfs", &root, id]);
+        args.extend_from_slice(cmd);
+        self.ctr(&args)
+    }
+
+    /// `ctr run -d` (detached) under oomguard.
+    pub fn run_detached(&self, id: &str, opts: &[&str], cmd: &[&str]) {
+        let root = rootfs();
+        let root = root.to_string_lossy().to_string();
+        let mut args = vec!["run", "-d", "--runtime", RUNTIME];
+        args.extend_from_slice(opts);
+        args.extend_from_slice(&["--rootfs", &root, id]);
+        args.extend_from_slice(cmd);
+        let out = self.ctr(&args);
+        assert_ok(&out, &format!("ctr run -d {id}"));
+    }
+
+    pub fn events(&self) -> Events {
+        Events::subscribe(self)
+    }
+
+    /// Kills, deletes and removes a container (best effort).
+    pub fn remove(&self, id: &str) {
+        let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let out = self.ctr(&["task", "delete", id]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            if out.status.success() || err.contains("not found") {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let _ = self.ctr(&["container", "rm", id]);
+    }
+
+    /// The shims still running for this containerd.
+    pub fn shim_pids(&self) -> Vec<i32> {
+        let needle = format!("-address {}", self.socket.display());
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains("containerd-shim-oomguard-v2") && cmdline.contains(&needle) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// Asserts that nothing is left of the given containers: no shim, no
+    /// mount, no cgroup, no runc state.
+    pub fn assert_clean(&self, ids: &[&str]) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.shim_pids().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(self.shim_pids(), Vec::<i32>::new(), "shims left running");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let dir = self.dir.display().to_string();
+        let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&dir)).collect();
+        assert!(left.is_empty(), "mounts left: {left:#?}");
+        for id in ids {
+            for ctl in ["memory", "pids", "cpu"] {
+                let cg = format!("/sys/fs/cgroup/{ctl}/{}/{id}", self.namespace);
+                assert!(!Path::new(&cg).exists(), "cgroup left: {cg}");
+            }
+            let state = format!("/run/containerd/runc/{}/{id}", self.namespace);
+            assert!(!Path::new(&state).exists(), "runc state left: {state}");
+        }
+    }
+
+    /// Stops containerd (also done on drop).
+    pub fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        let _ = Command::new(repo().join("hack/containerd.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .output();
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Containerd {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
+    cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
+    let child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+    let pid = child.id() as i32;
+    let done = Arc::new(Mutex::new(false));
+    let flag = done.clone();
+    let watchdog = std::thread::spawn(move || {
+        let start = Instant::now();
+        while start.elapsed() < timeout {
+            if *flag.lock().unwrap() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    });
+    let out = child.wait_with_output().expect("wait for command");
+    *done.lock().unwrap() = true;
+    let _ = watchdog.join();
+    out
+}
+
+pub fn assert_ok(out: &Output, what: &str) {
+    assert!(
+        out.status.success(),
+        "{what} failed ({:?}):\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// What `ctr run` exited with: ctr exits with the task's exit status.
+pub fn exit_code(out: &Output) -> i32 {
+    out.status.code().unwrap_or(-1)
+}
+
+/// One event as `ctr events` prints it.
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub namespace: String,
+    pub topic: String,
+    pub body: serde_json::Value,
+}
+
+impl Event {
+    pub fn container(&self) -> &str {
+        self.body
+            .get("container_id")
+            .or_else(|| self.body.get("id"))
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+    }
+
+    pub fn exit_status(&self) -> u64 {
+        self.body
+            .get("exit_status")
+            .and_then(|v| v.as_u64())
+            .unwrap_or(0)
+    }
+
+    /// For /tasks/exit: the process id (the container id for the init).
+    pub fn process_id(&self) -> &str {
+        self.body
+            .get("id")
+            .and_then(|v| v.as_str())
+            .unwrap_or_default()
+    }
+}
+
+fn parse_event(line: &str) -> Option<Event> {
+    // "2026-11-22 07:34:43.957679739 +0000 UTC NAMESPACE TOPIC {json}"
+    let rest = line.split_once(" UTC ")?.1;
+    let mut parts = rest.splitn(3, ' ');
+    let namespace = parts.next()?.to_string();
+    let topic = parts.next()?.to_string();
+    let body = parts
+        .next()
+        .and_then(|b| serde_json::from_str(b).ok())
+        .unwrap_or(serde_json::Value::Null);
+    Some(Event {
+        namespace,
+        topic,
+        body,
+    })
+}
+
+/// A live `ctr events` subscription.
+pub struct Events {
+    child: Child,
+    seen: Arc<Mutex<Vec<Event>>>,
+    namespace: String,
+}
+
+impl Events {
+    fn subscribe(c: &Containerd) -> Events {
+        let mut cmd = Command::new(&c.ctr);
+        cmd.arg("--address").arg(&c.socket).arg("events");
+        cmd.stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .stdin(Stdio::null());
+        let mut child = cmd.spawn().expect("spawn ctr events");
+        let stdout = child.stdout.take().expect("ctr events stdout");
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let sink = seen.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                if let Some(ev) = parse_event(&line) {
+                    sink.lock().unwrap().push(ev);
+                }
+            }
+        });
+        // The subscription must be live before the test acts.
+        std::thread::sleep(Duration::from_millis(300));
+        Events {
+            child,
+            seen,
+            namespace: c.namespace.clone(),
+        }
+    }
+
+    /// The task events of one container, in the order containerd published them.
+    pub fn of(&self, id: &str) -> Vec<Event> {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|e| {
+                e.namespace == self.namespace
+                    && e.topic.starts_with("/tasks/")
+                    && e.container() == id
+            })
+            .cloned()
+            .collect()
+    }
+
+    pub fn topics(&self, id: &str) -> Vec<String> {
+        self.of(id).into_iter().map(|e| e.topic).collect()
+    }
+
+    /// Waits until `id` has an event with `topic`.
+    pub fn wait_for(&self, id: &str, topic: &str, timeout: Duration) -> Option<Event> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self.of(id).into_iter().find(|e| e.topic == topic) {
+                return Some(e);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// The init's exit event (not an exec's).
+    pub fn init_exit(&self, id: &str, timeout: Duration) -> Option<Event> {
+        self.wait_for_exit_of(id, id, timeout)
+    }
+
+    /// The exit event of process `process` (an exec id, or `id` for the init).
+    pub fn wait_for_exit_of(&self, id: &str, process: &str, timeout: Duration) -> Option<Event> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(e) = self
+                .of(id)
+                .into_iter()
+                .find(|e| e.topic == "/tasks/exit" && e.process_id() == process)
+            {
+                return Some(e);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Events {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Asserts the TaskOOM/TaskExit story of one container: whether a TaskOOM
+/// came, that it came before the init's TaskExit, and the exit status.
+pub fn assert_oom_story(events: &Events, id: &str, expect_oom: bool, expect_status: u64) {
+    let exit = events
+        .init_exit(id, Duration::from_secs(30))
+        .unwrap_or_else(|| panic!("{id}: no /tasks/exit; events: {:?}", events.topics(id)));
+    let topics = events.topics(id);
+    let oom_at = topics.iter().position(|t| t == "/tasks/oom");
+    let exit_at = events
+        .of(id)
+        .iter()
+        .position(|e| e.topic == "/tasks/exit" && e.process_id() == id);
+    if expect_oom {
+        let (Some(o), Some(x)) = (oom_at, exit_at) else {
+            panic!("{id}: expected /tasks/oom before /tasks/exit, got {topics:?}");
+        };
+        assert!(o < x, "{id}: /tasks/oom after /tasks/exit: {topics:?}");
+        assert_eq!(
+            topics.iter().filter(|t| *t == "/tasks/oom").count(),
+            1,
+            "{id}: one TaskOOM expected: {topics:?}"
+        );
+    } else {
+        assert_eq!(oom_at, None, "{id}: unexpected /tasks/oom: {topics:?}");
+    }
+    assert_eq!(
+        exit.exit_status(),
+        expect_status,
+        "{id}: exit status; events {topics:?}"
+    );
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_ctr_event_lines() {
+        let e = parse_event(r#"2026-11-22 07:34:44.546332822 +0000 UTC default /tasks/exit {"container_id":"d1","id":"e1","pid":22045,"exit_status":5}"#).unwrap();
+        assert_eq!(
+            (
+                e.namespace.as_str(),
+                e.topic.as_str(),
+                e.container(),
+                e.exit_status(),
+                e.process_id()
+            ),
+            ("default", "/tasks/exit", "d1", 5, "e1")
+        );
+        let e = parse_event(
+            "2026-11-22 07:34:43.88 +0000 UTC default /containers/create {\"id\":\"d1\"}",
+        )
+        .unwrap();
+        assert_eq!(e.container(), "d1");
+    }
+}

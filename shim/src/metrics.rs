@@ -2,29 +2,27 @@
 //! (`io.containerd.cgroups.v1.Metrics` or `io.containerd.cgroups.v2.Metrics`),
 //! with the OOM kill counters containerd 2.3 looks at when a task exits 137.
 
-use containerd_shim::cgroup::{collect_metrics, get_cgroup};
-use containerd_shim_protos::cgroups::metrics::MemoryOomControl;
+use std::path::{Path, PathBuf};
+
+use containerd_shim_protos::cgroups::metrics as v1;
 use containerd_shim_protos::cgroups_v2::metrics as v2;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::{Message, MessageField};
 
-use crate::oom::memcg::{parse_memory_events, parse_oom_control, Memcg};
+use crate::oom::memcg::{parse_memory_events, parse_mountinfo, parse_oom_control, v1_dir, Memcg};
 
 pub fn collect(pid: i32) -> Result<Any, String> {
     let memcg = Memcg::of_pid(pid).map_err(|e| e.to_string())?;
     let mut any = Any::new();
     match &memcg {
         Memcg::V1(path) => {
-            let cgroup = get_cgroup(pid as u32).map_err(|e| e.to_string())?;
-            let mut m = collect_metrics(&cgroup).map_err(|e| e.to_string())?;
-            let text = std::fs::read_to_string(path.join("memory.oom_control"))
-                .map_err(|e| format!("{}/memory.oom_control: {e}", path.display()))?;
-            let c = parse_oom_control(&text);
-            let mut oc = MemoryOomControl::new();
-            oc.oom_kill_disable = c.oom_kill_disable;
-            oc.under_oom = c.under_oom;
-            oc.oom_kill = c.oom_kill;
-            m.memory_oom_control = MessageField::some(oc);
+            let proc_cgroup = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+                .map_err(|e| format!("/proc/{pid}/cgroup: {e}"))?;
+            let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
+                .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+            let mounts = parse_mountinfo(&mountinfo);
+            let dir = |c: &str| v1_dir(&proc_cgroup, &mounts, c);
+            let m = v1_metrics(path, dir("cpuacct"), dir("cpu"), dir("pids"))?;
             any.type_url = "io.containerd.cgroups.v1.Metrics".to_string();
             any.value = m.write_to_bytes().map_err(|e| e.to_string())?;
         }
@@ -38,11 +36,140 @@ pub fn collect(pid: i32) -> Result<Any, String> {
     Ok(any)
 }
 
-fn read_u64(path: &std::path::Path) -> Option<u64> {
+fn read_u64(path: &Path) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
 
-fn v2_metrics(dir: &std::path::Path) -> Result<v2::Metrics, String> {
+/// `key value` lines (memory.stat, cpu.stat) as pairs.
+fn flat_keyed(path: &Path) -> Vec<(String, u64)> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| {
+            let (k, v) = l.split_once(' ')?;
+            Some((k.to_string(), v.trim().parse().ok()?))
+        })
+        .collect()
+}
+
+fn v1_entry(dir: &Path, prefix: &str) -> v1::MemoryEntry {
+    let mut e = v1::MemoryEntry::new();
+    let f = |name: &str| read_u64(&dir.join(format!("{prefix}{name}"))).unwrap_or(0);
+    e.usage = f("usage_in_bytes");
+    e.limit = f("limit_in_bytes");
+    e.max = f("max_usage_in_bytes");
+    e.failcnt = f("failcnt");
+    e
+}
+
+fn v1_metrics(
+    memcg: &Path,
+    cpuacct: Option<PathBuf>,
+    cpu: Option<PathBuf>,
+    pids: Option<PathBuf>,
+) -> Result<v1::Metrics, String> {
+    let mut m = v1::Metrics::new();
+    let mut mem = v1::MemoryStat::new();
+    for (k, v) in flat_keyed(&memcg.join("memory.stat")) {
+        match k.as_str() {
+            "cache" => mem.cache = v,
+            "rss" => mem.rss = v,
+            "rss_huge" => mem.rss_huge = v,
+            "mapped_file" => mem.mapped_file = v,
+            "dirty" => mem.dirty = v,
+            "writeback" => mem.writeback = v,
+            "pgpgin" => mem.pg_pg_in = v,
+            "pgpgout" => mem.pg_pg_out = v,
+            "pgfault" => mem.pg_fault = v,
+            "pgmajfault" => mem.pg_maj_fault = v,
+            "inactive_anon" => mem.inactive_anon = v,
+            "active_anon" => mem.active_anon = v,
+            "inactive_file" => mem.inactive_file = v,
+            "active_file" => mem.active_file = v,
+            "unevictable" => mem.unevictable = v,
+            "hierarchical_memory_limit" => mem.hierarchical_memory_limit = v,
+            "hierarchical_memsw_limit" => mem.hierarchical_swap_limit = v,
+            "total_cache" => mem.total_cache = v,
+            "total_rss" => mem.total_rss = v,
+            "total_rss_huge" => mem.total_rss_huge = v,
+            "total_mapped_file" => mem.total_mapped_file = v,
+            "total_dirty" => mem.total_dirty = v,
+            "total_writeback" => mem.total_writeback = v,
+            "total_pgpgin" => mem.total_pg_pg_in = v,
+            "total_pgpgout" => mem.total_pg_pg_out = v,
+            "total_pgfault" => mem.total_pg_fault = v,
+            "total_pgmajfault" => mem.total_pg_maj_fault = v,
+            "total_inactive_anon" => mem.total_inactive_anon = v,
+            "total_active_anon" => mem.total_active_anon = v,
+            "total_inactive_file" => mem.total_inactive_file = v,
+            "total_active_file" => mem.total_active_file = v,
+            "total_unevictable" => mem.total_unevictable = v,
+            _ => {}
+        }
+    }
+    let usage = v1_entry(memcg, "memory.");
+    if usage.limit == 0 && usage.usage == 0 && !memcg.exists() {
+        return Err(format!("{}: memory cgroup is gone", memcg.display()));
+    }
+    mem.usage = MessageField::some(usage);
+    mem.swap = MessageField::some(v1_entry(memcg, "memory.memsw."));
+    mem.kernel = MessageField::some(v1_entry(memcg, "memory.kmem."));
+    mem.kernel_tcp = MessageField::some(v1_entry(memcg, "memory.kmem.tcp."));
+    m.memory = MessageField::some(mem);
+
+    let text = std::fs::read_to_string(memcg.join("memory.oom_control"))
+        .map_err(|e| format!("{}/memory.oom_control: {e}", memcg.display()))?;
+    let c = parse_oom_control(&text);
+    let mut oc = v1::MemoryOomControl::new();
+    oc.oom_kill_disable = c.oom_kill_disable;
+    oc.under_oom = c.under_oom;
+    oc.oom_kill = c.oom_kill;
+    m.memory_oom_control = MessageField::some(oc);
+
+    let mut cpu_stat = v1::CPUStat::new();
+    let mut usage = v1::CPUUsage::new();
+    if let Some(dir) = &cpuacct {
+        usage.total = read_u64(&dir.join("cpuacct.usage")).unwrap_or(0);
+        usage.per_cpu = std::fs::read_to_string(dir.join("cpuacct.usage_percpu"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        // cpuacct.stat is in USER_HZ ticks; containerd reports nanoseconds.
+        for (k, v) in flat_keyed(&dir.join("cpuacct.stat")) {
+            match k.as_str() {
+                "user" => usage.user = v * 10_000_000,
+                "system" => usage.kernel = v * 10_000_000,
+                _ => {}
+            }
+        }
+    }
+    cpu_stat.usage = MessageField::some(usage);
+    if let Some(dir) = &cpu {
+        let mut t = v1::Throttle::new();
+        for (k, v) in flat_keyed(&dir.join("cpu.stat")) {
+            match k.as_str() {
+                "nr_periods" => t.periods = v,
+                "nr_throttled" => t.throttled_periods = v,
+                "throttled_time" => t.throttled_time = v,
+                _ => {}
+            }
+        }
+        cpu_stat.throttling = MessageField::some(t);
+    }
+    m.cpu = MessageField::some(cpu_stat);
+
+    if let Some(dir) = &pids {
+        let mut p = v1::PidsStat::new();
+        p.current = read_u64(&dir.join("pids.current")).unwrap_or(0);
+        // "max" (no limit) reads as 0, as containerd reports it.
+        p.limit = read_u64(&dir.join("pids.max")).unwrap_or(0);
+        m.pids = MessageField::some(p);
+    }
+    Ok(m)
+}
+
+fn v2_metrics(dir: &Path) -> Result<v2::Metrics, String> {
     let mut m = v2::Metrics::new();
     let mut mem = v2::MemoryStat::new();
     mem.usage = read_u64(&dir.join("memory.current")).unwrap_or(0);
@@ -108,4 +235,29 @@ fn v2_metrics(dir: &std::path::Path) -> Result<v2::Metrics, String> {
         m.cpu = MessageField::some(cpu);
     }
     Ok(m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn own_cgroup_metrics_are_filled() {
+        let any = collect(std::process::id() as i32).unwrap();
+        match Memcg::of_pid(std::process::id() as i32).unwrap() {
+            Memcg::V1(_) => {
+                assert_eq!(any.type_url, "io.containerd.cgroups.v1.Metrics");
+                let m = v1::Metrics::parse_from_bytes(&any.value).unwrap();
+                assert!(m.memory.usage.usage > 0, "{m:?}");
+                assert!(m.cpu.usage.total > 0, "{m:?}");
+                assert!(m.pids.is_some(), "{m:?}");
+                assert!(m.memory_oom_control.is_some());
+            }
+            Memcg::V2(_) => {
+                assert_eq!(any.type_url, "io.containerd.cgroups.v2.Metrics");
+                let m = v2::Metrics::parse_from_bytes(&any.value).unwrap();
+                assert!(m.memory_events.is_some());
+            }
+        }
+    }
 }

@@ -75,6 +75,8 @@ pub fn parse_memory_events(text: &str) -> MemoryEvents {
 pub struct CgroupMounts {
     pub v1_memory: Option<PathBuf>,
     pub v2: Option<PathBuf>,
+    /// Every v1 controller's mount point (cpu, cpuacct, pids, ...).
+    pub v1: std::collections::BTreeMap<String, PathBuf>,
 }
 
 pub fn parse_mountinfo(text: &str) -> CgroupMounts {
@@ -91,9 +93,18 @@ pub fn parse_mountinfo(text: &str) -> CgroupMounts {
         let fstype = r.next().unwrap_or_default();
         let superopts = r.nth(1).unwrap_or_default();
         match fstype {
-            "cgroup" if superopts.split(',').any(|o| o == "memory") => {
-                m.v1_memory
-                    .get_or_insert_with(|| PathBuf::from(mount_point));
+            "cgroup" => {
+                for opt in superopts.split(',') {
+                    if matches!(opt, "rw" | "ro") || opt.contains('=') {
+                        continue;
+                    }
+                    m.v1.entry(opt.to_string())
+                        .or_insert_with(|| PathBuf::from(mount_point));
+                }
+                if superopts.split(',').any(|o| o == "memory") {
+                    m.v1_memory
+                        .get_or_insert_with(|| PathBuf::from(mount_point));
+                }
             }
             "cgroup2" => {
                 m.v2.get_or_insert_with(|| PathBuf::from(mount_point));
@@ -102,6 +113,23 @@ pub fn parse_mountinfo(text: &str) -> CgroupMounts {
         }
     }
     m
+}
+
+/// The v1 directory of `controller` for a process, from `/proc/PID/cgroup`.
+pub fn v1_dir(proc_cgroup: &str, mounts: &CgroupMounts, controller: &str) -> Option<PathBuf> {
+    proc_cgroup.lines().find_map(|line| {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if !controllers.split(',').any(|c| c == controller) {
+            return None;
+        }
+        Some(
+            mounts
+                .v1
+                .get(controller)?
+                .join(path.trim_start_matches('/')),
+        )
+    })
 }
 
 impl Memcg {

@@ -1,0 +1,34 @@
+# oomguard: `make demo` shows it, `make test` proves it.
+SHELL := /bin/bash
+export PATH := $(HOME)/.cargo/bin:$(PATH)
+CARGO ?= cargo
+
+.PHONY: all deps build release demo test unit integration lint bench clean
+
+all: build
+
+deps:
+	hack/deps.sh
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+release:
+	$(CARGO) build --release -p oomguard-shim
+
+demo: deps build
+	hack/demo.sh
+
+# Unit tests, then integration tests against real containerd 1.6/1.7/2.x.
+test: deps build lint
+	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
+
+unit: build
+	$(CARGO) test --workspace --bins --lib
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+clean:
+	$(CARGO) clean
