@@ -38,6 +38,7 @@ async fn serve(flags: &Flags, ttrpc_address: String) -> Result<(), String> {
     reaper()
         .install()
         .map_err(|e| format!("serve: become subreaper: {e}"))?;
+    crate::oom::kmsg::start();
     // SAFETY: `start` passes the bound listening socket as this fd.
     let std_listener = unsafe { std::os::unix::net::UnixListener::from_raw_fd(LISTENER_FD) };
     let listener = Listener::try_from(std_listener)

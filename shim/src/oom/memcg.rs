@@ -115,6 +115,22 @@ pub fn parse_mountinfo(text: &str) -> CgroupMounts {
     m
 }
 
+/// The memory controller's path in `/proc/PID/cgroup` (v1 line, else v2).
+pub fn memcg_rel(proc_cgroup: &str) -> Option<String> {
+    let mut unified = None;
+    for line in proc_cgroup.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        if controllers.split(',').any(|c| c == "memory") {
+            return Some(path.to_string());
+        }
+        if controllers.is_empty() {
+            unified = Some(path.to_string());
+        }
+    }
+    unified
+}
+
 /// The v1 directory of `controller` for a process, from `/proc/PID/cgroup`.
 pub fn v1_dir(proc_cgroup: &str, mounts: &CgroupMounts, controller: &str) -> Option<PathBuf> {
     proc_cgroup.lines().find_map(|line| {
@@ -170,6 +186,18 @@ impl Memcg {
         }
     }
 
+    /// The memcg path of a process as the kernel log names it (relative to
+    /// the memory hierarchy's root).
+    pub fn rel_of_pid(pid: i32) -> io::Result<String> {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+        memcg_rel(&text).ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotFound,
+                format!("/proc/{pid}/cgroup: no memory cgroup"),
+            )
+        })
+    }
+
     pub fn path(&self) -> &Path {
         match self {
             Memcg::V1(p) | Memcg::V2(p) => p,
@@ -185,7 +213,8 @@ impl Memcg {
             }
             Memcg::V2(p) => {
                 let text = std::fs::read_to_string(p.join("memory.events"))?;
-                Ok(parse_memory_events(&text).oom_kill)
+                let e = parse_memory_events(&text);
+                Ok(e.oom_kill.max(e.oom_group_kill))
             }
         }
     }
@@ -233,6 +262,19 @@ mod tests {
             Memcg::from_proc_cgroup(cg, &mounts),
             Some(Memcg::V1(PathBuf::from("/sys/fs/cgroup/memory/default/t1")))
         );
+    }
+
+    #[test]
+    fn memcg_as_the_kernel_log_names_it() {
+        assert_eq!(
+            memcg_rel("4:memory:/default/t1\n0::/default/t1\n").as_deref(),
+            Some("/default/t1")
+        );
+        assert_eq!(
+            memcg_rel("0::/kubepods/p/c\n").as_deref(),
+            Some("/kubepods/p/c")
+        );
+        assert_eq!(memcg_rel(""), None);
     }
 
     #[test]

@@ -47,8 +47,10 @@ pub fn decide(e: &Evidence) -> Verdict {
         };
     };
     let kills = e.oom_kills.unwrap_or(0);
-    let memcg_oom = kills > 0 || e.oom_notifications > 0;
     let sigkilled = status.killed_by(SIGKILL);
+    // A notification alone is ambiguous (it reaches every memcg below the
+    // one that ran out): it only explains a SIGKILL.
+    let memcg_oom = kills > 0 || (e.oom_notifications > 0 && sigkilled);
     let any_oom = memcg_oom || e.process_was_victim;
 
     let (oom_killed, exit_status, reason) = if sigkilled && (kills > 0 || e.process_was_victim) {
@@ -157,6 +159,17 @@ mod tests {
         assert_eq!(
             (v.oom_killed, v.oom_event, v.exit_status),
             (true, true, 137)
+        );
+    }
+
+    #[test]
+    fn a_notification_alone_does_not_fail_a_clean_exit() {
+        let mut e = init(Some(WaitStatus::Exited(0)));
+        e.oom_notifications = 2;
+        let v = decide(&e);
+        assert_eq!(
+            (v.oom_killed, v.oom_event, v.exit_status),
+            (false, false, 0)
         );
     }
 

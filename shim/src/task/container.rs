@@ -12,6 +12,8 @@ use oomguard_runtimes::runc::Runc;
 use oomguard_runtimes::{CreateOptions, ExecOptions, ExitReceiver, OciRuntime};
 
 use crate::config::RuntimeConfig;
+use crate::events::Publisher;
+use crate::oom::{oom_group_for, OomWatch};
 use crate::rootfs;
 use crate::rpc::{self, RpcResult};
 use crate::stdio::{self, ConsoleSocket, IoHandles, StdioSpec};
@@ -24,10 +26,10 @@ pub struct Container {
     pub id: String,
     pub namespace: String,
     pub bundle: PathBuf,
-    pub config: RuntimeConfig,
     pub runtime: Arc<dyn OciRuntime>,
     pub init: Arc<Process>,
     pub execs: Mutex<HashMap<String, Arc<Process>>>,
+    pub oom: Arc<OomWatch>,
     rootfs_mounted: bool,
 }
 
@@ -49,6 +51,7 @@ pub struct CreateRequest<'a> {
     pub rootfs: &'a [containerd_shim_protos::types::mount::Mount],
     pub stdio: StdioSpec,
     pub config: RuntimeConfig,
+    pub publisher: Publisher,
 }
 
 impl Container {
@@ -79,14 +82,26 @@ impl Container {
                 return Err(e);
             }
         };
+        let spec = std::fs::read(bundle.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .unwrap_or_default();
+        let oom_group = oom_group_for(&spec, req.config.oom_group);
+        let oom = OomWatch::start(
+            req.id,
+            init.pid(),
+            oom_group,
+            req.publisher.clone(),
+            runtime.clone(),
+        );
         let container = Arc::new(Container {
             id: req.id.to_string(),
             namespace: req.namespace.to_string(),
             bundle,
-            config: req.config,
             runtime,
             init,
             execs: Mutex::new(HashMap::new()),
+            oom,
             rootfs_mounted,
         });
         Ok((container, exit))
@@ -317,26 +332,5 @@ async fn receive_console(socket: &ConsoleSocket) -> RpcResult<stdio::Console> {
         Err(_) => Err(rpc::internal(
             "console socket: runtime sent no terminal within 10s",
         )),
-    }
-}
-
-impl Container {
-    /// Gathers the evidence for an init's exit and decides.
-    pub async fn judge(&self, exit: &oomguard_runtimes::Exit) -> crate::oom::Verdict {
-        crate::oom::decide(&crate::oom::Evidence {
-            wait_status: Some(exit.status),
-            oom_kills: Some(0),
-            oom_group: self.config.oom_group,
-            is_init: true,
-            ..Default::default()
-        })
-    }
-
-    pub async fn judge_exec(&self, exit: &oomguard_runtimes::Exit) -> crate::oom::Verdict {
-        crate::oom::decide(&crate::oom::Evidence {
-            wait_status: Some(exit.status),
-            oom_kills: Some(0),
-            ..Default::default()
-        })
     }
 }

@@ -1,13 +1,13 @@
 //! The exit path: every reaped container process goes through here, once.
 //!
 //! Order is the product's promise: for an init, the verdict is made (and a
-//! TaskOOM acknowledged by containerd) before Wait is released and before
+//! due TaskOOM acknowledged by containerd) before Wait is released and before
 //! TaskExit is published.
 
 use std::sync::Arc;
 use std::time::Duration;
 
-use containerd_shim_protos::events::task::{TaskExit, TaskOOM};
+use containerd_shim_protos::events::task::TaskExit;
 use containerd_shim_protos::protobuf::MessageField;
 use log::{info, warn};
 use oomguard_runtimes::Exit;
@@ -24,7 +24,11 @@ const EXECS_FIRST: Duration = Duration::from_secs(2);
 pub async fn init_exited(container: Arc<Container>, exit: Exit, publisher: Publisher) {
     let execs = container.running_execs();
     if !execs.is_empty() {
-        let all = futures_lite_join(execs);
+        let all = async {
+            for p in execs {
+                p.wait().await;
+            }
+        };
         if tokio::time::timeout(EXECS_FIRST, all).await.is_err() {
             warn!(
                 "exit id={}: execs still running after init exit",
@@ -33,27 +37,8 @@ pub async fn init_exited(container: Arc<Container>, exit: Exit, publisher: Publi
         }
     }
     container.init.io.lock().await.drain().await;
-
-    let verdict = container.judge(&exit).await;
-    info!(
-        "verdict id={} pid={} wait_status=\"{}\" oom_killed={} exit_status={} reason=\"{}\"",
-        container.id,
-        exit.pid,
-        exit.status,
-        verdict.oom_killed,
-        verdict.exit_status,
-        verdict.reason
-    );
-    if verdict.oom_event {
-        let mut oom = TaskOOM::new();
-        oom.container_id = container.id.clone();
-        if !publisher.publish_acked(Event::Oom(oom)).await {
-            warn!(
-                "exit id={}: TaskOOM was not acknowledged; exit goes on",
-                container.id
-            );
-        }
-    }
+    // The verdict publishes a due TaskOOM and waits for containerd's answer.
+    let verdict = container.oom.settle(&exit, true).await;
     publish_exit(&container, &container.init, &exit, &verdict, &publisher);
 }
 
@@ -64,19 +49,15 @@ pub async fn exec_exited(
     publisher: Publisher,
 ) {
     process.io.lock().await.drain().await;
-    let verdict = container.judge_exec(&exit).await;
+    let verdict = container.oom.settle(&exit, false).await;
     info!(
         "exit id={} exec_id={} pid={} wait_status=\"{}\" exit_status={}",
         container.id, process.exec_id, exit.pid, exit.status, verdict.exit_status
     );
-    if verdict.oom_event {
-        let mut oom = TaskOOM::new();
-        oom.container_id = container.id.clone();
-        publisher.publish_acked(Event::Oom(oom)).await;
-    }
     publish_exit(&container, &process, &exit, &verdict, &publisher);
 }
 
+/// Releases Wait with the decided status, then tells containerd.
 fn publish_exit(
     container: &Container,
     process: &Process,
@@ -99,10 +80,4 @@ fn publish_exit(
     ev.exit_status = verdict.exit_status;
     ev.exited_at = MessageField::some(timestamp(exit.at));
     publisher.publish(Event::Exit(ev));
-}
-
-async fn futures_lite_join(execs: Vec<Arc<Process>>) {
-    for p in execs {
-        p.wait().await;
-    }
 }

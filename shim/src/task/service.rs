@@ -107,6 +107,7 @@ impl Task for TaskService {
             rootfs: &req.rootfs,
             stdio,
             config,
+            publisher: self.publisher.clone(),
         })
         .await?;
         let pid = container.init.pid();
