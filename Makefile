@@ -8,7 +8,7 @@ CARGO ?= cargo
 all: build
 
 deps:
-	hack/deps.sh
+	hack/deps.sh runsc
 
 build:
 	$(CARGO) build --workspace --all-targets

@@ -7,6 +7,7 @@
 pub mod command;
 pub mod reaper;
 pub mod runc;
+pub mod runsc;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -128,6 +129,18 @@ pub trait OciRuntime: Send + Sync {
     /// `resources` is an OCI `LinuxResources` JSON document.
     async fn update(&self, id: &str, resources: &[u8]) -> Result<()>;
     async fn state(&self, id: &str) -> Result<ContainerState>;
+
+    /// The exit of a container's init, whose pid the runtime's pid file
+    /// gave. By default the reaper reports it (the shim is its subreaper).
+    fn watch_init(&self, _id: &str, pid: i32) -> ExitReceiver {
+        reaper::reaper().watch(pid)
+    }
+
+    /// Whether a status is the runtime's stand-in for "unknown" rather than
+    /// the process's own (gVisor's 128 when the sandbox died under it).
+    fn status_unavailable(&self, _status: &WaitStatus) -> bool {
+        false
+    }
 }
 
 /// Where a runtime keeps its state when the configuration names no root.

@@ -79,7 +79,9 @@ pub type ExitReceiver = oneshot::Receiver<Exit>;
 
 #[derive(Default)]
 struct Table {
-    waiters: HashMap<i32, oneshot::Sender<Exit>>,
+    /// Several claims on one pid are normal under gVisor: every container
+    /// of a pod names the sandbox's pid.
+    waiters: HashMap<i32, Vec<oneshot::Sender<Exit>>>,
     /// Exits reaped before anyone claimed the pid: a container init can die
     /// between `runc create` returning and the shim reading its pid file.
     early: HashMap<i32, Exit>,
@@ -149,8 +151,10 @@ impl Reaper {
 
     fn deliver(&self, exit: Exit) {
         let mut table = self.lock();
-        if let Some(tx) = table.waiters.remove(&exit.pid) {
-            let _ = tx.send(exit);
+        if let Some(txs) = table.waiters.remove(&exit.pid) {
+            for tx in txs {
+                let _ = tx.send(exit);
+            }
         } else if table.expecting > 0 {
             table.early.insert(exit.pid, exit);
         } else {
@@ -166,7 +170,7 @@ impl Reaper {
         let pid = child.id() as i32;
         table.early.remove(&pid);
         let (tx, rx) = oneshot::channel();
-        table.waiters.insert(pid, tx);
+        table.waiters.insert(pid, vec![tx]);
         Ok((child, rx))
     }
 
@@ -181,7 +185,7 @@ impl Reaper {
                 let _ = tx.send(exit);
             }
             None => {
-                table.waiters.insert(pid, tx);
+                table.waiters.entry(pid).or_default().push(tx);
             }
         }
         rx

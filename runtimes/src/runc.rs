@@ -117,6 +117,16 @@ impl Runc {
         }
     }
 
+    /// `start` with the process's stdio handed over (runsc gives a joining
+    /// container the stdio of `runsc start`).
+    pub async fn start_with_stdio(&self, id: &str, stdio: ProcessStdio) -> Result<()> {
+        let mut cmd = self.command("start");
+        cmd.arg(id);
+        self.run("start", id, cmd, Self::stdio_streams(stdio))
+            .await
+            .map(drop)
+    }
+
     fn stdio_streams(stdio: ProcessStdio) -> Streams {
         Streams::Inherit {
             stdin: stdio.stdin,
@@ -124,6 +134,20 @@ impl Runc {
             stderr: stdio.stderr,
         }
     }
+}
+
+/// `ps --format json`: runc prints pids, runsc process objects with "PID".
+pub fn parse_ps(out: &[u8]) -> std::result::Result<Vec<i32>, serde_json::Error> {
+    let v: serde_json::Value = serde_json::from_slice(out)?;
+    Ok(v.as_array()
+        .map(|items| {
+            items
+                .iter()
+                .filter_map(|i| i.as_i64().or_else(|| i.get("PID")?.as_i64()))
+                .map(|p| p as i32)
+                .collect()
+        })
+        .unwrap_or_default())
 }
 
 /// The `msg` of the last `"level":"error"` line of a runc JSON log.
@@ -212,14 +236,12 @@ impl OciRuntime for Runc {
 
     async fn ps(&self, id: &str) -> Result<Vec<i32>> {
         let out = self.simple("ps", id, &["--format", "json"]).await?;
-        serde_json::from_slice::<Option<Vec<i32>>>(&out.stdout)
-            .map(Option::unwrap_or_default)
-            .map_err(|e| Error::BadOutput {
-                binary: self.name(),
-                action: "ps",
-                id: id.to_string(),
-                message: e.to_string(),
-            })
+        parse_ps(&out.stdout).map_err(|e| Error::BadOutput {
+            binary: self.name(),
+            action: "ps",
+            id: id.to_string(),
+            message: e.to_string(),
+        })
     }
 
     async fn update(&self, id: &str, resources: &[u8]) -> Result<()> {
@@ -264,6 +286,16 @@ mod tests {
             Some("container \"x\" does not exist")
         );
         assert_eq!(last_logged_error("garbage\n"), None);
+    }
+
+    #[test]
+    fn ps_of_runc_and_runsc() {
+        assert_eq!(parse_ps(b"[12,13]").unwrap(), vec![12, 13]);
+        assert_eq!(parse_ps(b"null").unwrap(), Vec::<i32>::new());
+        let runsc =
+            br#"[{"UID":0,"PID":1,"PPID":0,"C":0,"STime":"07:51","Time":"0s","Cmd":"sleep"}]"#;
+        assert_eq!(parse_ps(runsc).unwrap(), vec![1]);
+        assert!(parse_ps(b"not json").is_err());
     }
 
     #[test]

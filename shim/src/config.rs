@@ -174,12 +174,16 @@ impl RuntimeConfig {
         Ok(c)
     }
 
+    /// Whether the runtime binary is gVisor's runsc.
+    pub fn is_runsc(&self) -> bool {
+        Path::new(&self.binary_name)
+            .file_name()
+            .is_some_and(|n| n.to_string_lossy().starts_with("runsc"))
+    }
+
     /// Global flags for the runtime binary: `[runsc_config]` applies to runsc only.
     pub fn runtime_global_flags(&self) -> Vec<String> {
-        let is_runsc = Path::new(&self.binary_name)
-            .file_name()
-            .is_some_and(|n| n.to_string_lossy().starts_with("runsc"));
-        if is_runsc {
+        if self.is_runsc() {
             self.runsc_flags()
         } else {
             Vec::new()

@@ -33,7 +33,10 @@ enum Source {
 
 /// The running watch task: a stop signal, and its handle, which hands the
 /// kernel log subscription back so the exit path can drain it.
-type Watcher = (oneshot::Sender<()>, JoinHandle<Option<broadcast::Receiver<Victim>>>);
+type Watcher = (
+    oneshot::Sender<()>,
+    JoinHandle<Option<broadcast::Receiver<Victim>>>,
+);
 
 pub struct OomWatch {
     id: String,
@@ -256,8 +259,15 @@ impl OomWatch {
         let episodes = kills.max(u64::from(
             notifications > 0 && exit.status.killed_by(libc::SIGKILL),
         ));
+        let lost = self.runtime.status_unavailable(&exit.status);
+        if lost {
+            info!(
+                "oom id={} pid={}: {} is the runtime's stand-in for an unknown status",
+                self.id, exit.pid, exit.status
+            );
+        }
         let evidence = Evidence {
-            wait_status: Some(exit.status),
+            wait_status: (!lost).then_some(exit.status),
             oom_kills: Some(kills),
             oom_notifications: notifications,
             process_was_victim: victim.is_some(),

@@ -9,6 +9,7 @@ use std::time::Duration;
 use log::{info, warn};
 use oomguard_runtimes::reaper::reaper;
 use oomguard_runtimes::runc::Runc;
+use oomguard_runtimes::runsc::Runsc;
 use oomguard_runtimes::{CreateOptions, ExecOptions, ExitReceiver, OciRuntime};
 
 use crate::config::RuntimeConfig;
@@ -40,8 +41,18 @@ pub fn runtime_for(config: &RuntimeConfig, bundle: &Path, namespace: &str) -> Ar
         .root
         .clone()
         .unwrap_or_else(|| oomguard_runtimes::default_root(&binary, namespace));
-    let runc = Runc::new(binary, root, bundle.join("log.json"), config.systemd_cgroup);
-    Arc::new(runc.with_global_args(config.runtime_global_flags()))
+    let log = bundle.join("log.json");
+    if config.is_runsc() {
+        Arc::new(Runsc::new(
+            binary,
+            root,
+            log,
+            config.runtime_global_flags(),
+            bundle,
+        ))
+    } else {
+        Arc::new(Runc::new(binary, root, log, config.systemd_cgroup))
+    }
 }
 
 pub struct CreateRequest<'a> {
@@ -142,7 +153,7 @@ impl Container {
             .await
             .map_err(rpc::from_runtime)?;
         let pid = read_pid(&pid_file)?;
-        let exit = reaper().watch(pid);
+        let exit = runtime.watch_init(req.id, pid);
         drop(expecting);
         init.set_pid(pid);
         if let Some(socket) = console {

@@ -207,9 +207,17 @@ impl Task for TaskService {
             }
             container.delete().await?;
             if state == State::Created {
-                // runc delete --force killed the never-started init.
-                let _ =
-                    tokio::time::timeout(std::time::Duration::from_secs(5), process.wait()).await;
+                // runc delete --force killed the never-started init; a
+                // container that joined a gVisor sandbox has no exit of its
+                // own until started, so it is recorded as killed.
+                let waited =
+                    tokio::time::timeout(std::time::Duration::from_secs(2), process.wait()).await;
+                if waited.is_err() {
+                    process.set_exited(crate::task::process::ExitInfo {
+                        exit_status: 128 + libc::SIGKILL as u32,
+                        at: std::time::SystemTime::now(),
+                    });
+                }
             }
             self.containers().remove(&req.id);
         } else {
@@ -314,6 +322,9 @@ impl Task for TaskService {
         if req.exec_id.is_empty() {
             match container.runtime.kill(&req.id, req.signal, req.all).await {
                 Ok(()) => Ok(Empty::new()),
+                // A created, never started container that joined a gVisor
+                // sandbox has no process yet: Delete removes it.
+                Err(e) if e.to_string().contains("in state created") => Ok(Empty::new()),
                 Err(e) if e.is_not_running() || e.is_not_found() => Err(rpc::not_found(format!(
                     "container {}: process already finished ({e})",
                     req.id

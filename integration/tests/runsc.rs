@@ -1,0 +1,275 @@
+//! gVisor: oomguard delegating to real runsc (ptrace platform) under real
+//! containerd, single containers and pods (the CRI annotations runsc reads).
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use oomguard_integration::harness::{
+    assert_ok, assert_oom_story, exit_code, repo, rootfs, Containerd, RUNTIME,
+};
+
+/// The Debian runsc builds: bookworm's (system) and trixie's (unpacked).
+fn runsc_binary(build: &str) -> PathBuf {
+    match build {
+        "20221219" => PathBuf::from("/usr/bin/runsc"),
+        _ => repo().join(".cache/runsc/20240729/bin/runsc"),
+    }
+}
+
+macro_rules! on_containerd_and_runsc {
+    ($($scenario:ident),* $(,)?) => {
+        mod containerd_1_7_runsc_20240729 { $( #[test] fn $scenario() { super::$scenario("1.7", "20240729") } )* }
+        mod containerd_2_runsc_20240729 { $( #[test] fn $scenario() { super::$scenario("2", "20240729") } )* }
+        mod containerd_1_7_runsc_20221219 { $( #[test] fn $scenario() { super::$scenario("1.7", "20221219") } )* }
+    };
+}
+
+on_containerd_and_runsc!(
+    single_container,
+    sandbox_oom_kill,
+    pod_oom_kills_every_container,
+    sandbox_killed_by_user
+);
+
+/// The TOML a runsc user points oomguard at.
+fn runsc_config(c: &Containerd, build: &str) -> String {
+    let path = c.dir.join(format!("runsc-{build}.toml"));
+    std::fs::write(
+        &path,
+        format!(
+            "binary_name = \"{}\"\nroot = \"{}\"\n[runsc_config]\nplatform = \"ptrace\"\nnetwork = \"none\"\n",
+            runsc_binary(build).display(),
+            c.dir.join("runsc-root").display()
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+/// A private copy of the rootfs: gVisor keeps a filestore file in it, and
+/// two containers of a pod cannot share one.
+fn own_rootfs(c: &Containerd, name: &str) -> String {
+    let dir = c.dir.join("rootfs").join(name);
+    std::fs::create_dir_all(dir.parent().unwrap()).unwrap();
+    let status = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(rootfs())
+        .arg(&dir)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    dir.display().to_string()
+}
+
+fn run_gvisor(
+    c: &Containerd,
+    cfg: &str,
+    id: &str,
+    opts: &[&str],
+    cmd: &[&str],
+    detach: bool,
+) -> std::process::Output {
+    let root = own_rootfs(c, id);
+    let mut args = vec![
+        "run",
+        if detach { "-d" } else { "--rm" },
+        "--runtime",
+        RUNTIME,
+        "--runtime-config-path",
+        cfg,
+    ];
+    args.extend_from_slice(opts);
+    args.extend_from_slice(&["--rootfs", &root, id]);
+    args.extend_from_slice(cmd);
+    c.ctr(&args)
+}
+
+fn single_container(version: &str, build: &str) {
+    let c = Containerd::start(version);
+    let cfg = runsc_config(&c, build);
+    let events = c.events();
+    let out = run_gvisor(
+        &c,
+        &cfg,
+        "g-echo",
+        &[],
+        &["/bin/sh", "-c", "echo hello from gvisor; exit 3"],
+        false,
+    );
+    assert_eq!(
+        exit_code(&out),
+        3,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from gvisor\n");
+    assert_oom_story(&events, "g-echo", false, 3);
+    let out = run_gvisor(&c, &cfg, "g-true", &[], &["/bin/true"], false);
+    assert_eq!(exit_code(&out), 0);
+    // exec inside the sandbox
+    let out = run_gvisor(&c, &cfg, "g-exec", &[], &["/bin/sleep", "1000"], true);
+    assert_ok(&out, "run -d");
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "e1",
+        "g-exec",
+        "/bin/sh",
+        "-c",
+        "echo in-sandbox; exit 6",
+    ]);
+    assert_eq!(exit_code(&out), 6);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "in-sandbox\n");
+    let ps = String::from_utf8_lossy(&c.ctr(&["task", "ps", "g-exec"]).stdout).to_string();
+    assert!(ps.lines().count() >= 2, "{ps}");
+    c.remove("g-exec");
+    c.assert_clean(&["g-echo", "g-true", "g-exec"]);
+}
+
+fn sandbox_oom_kill(version: &str, build: &str) {
+    let c = Containerd::start(version);
+    let cfg = runsc_config(&c, build);
+    let events = c.events();
+    // The host kills the sentry; gVisor has no OOM killer inside.
+    let out = run_gvisor(
+        &c,
+        &cfg,
+        "g-oom",
+        &["--memory-limit", "67108864"],
+        &[
+            "/bin/sh",
+            "-c",
+            "dd if=/dev/zero of=/dev/null bs=200M count=1; exit 0",
+        ],
+        false,
+    );
+    assert_eq!(
+        exit_code(&out),
+        137,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_oom_story(&events, "g-oom", true, 137);
+    c.assert_clean(&["g-oom"]);
+}
+
+fn pod(c: &Containerd, cfg: &str, pod: &str, limit: &str) {
+    let sandbox = format!("io.kubernetes.cri.sandbox-id={pod}");
+    let out = run_gvisor(
+        c,
+        cfg,
+        pod,
+        &[
+            "--memory-limit",
+            limit,
+            "--annotation",
+            "io.kubernetes.cri.container-type=sandbox",
+            "--annotation",
+            &sandbox,
+        ],
+        &["/bin/sleep", "1000"],
+        true,
+    );
+    assert_ok(&out, "sandbox");
+}
+
+fn join(c: &Containerd, cfg: &str, pod: &str, id: &str, cmd: &[&str]) {
+    let sandbox = format!("io.kubernetes.cri.sandbox-id={pod}");
+    let out = run_gvisor(
+        c,
+        cfg,
+        id,
+        &[
+            "--annotation",
+            "io.kubernetes.cri.container-type=container",
+            "--annotation",
+            &sandbox,
+        ],
+        cmd,
+        true,
+    );
+    assert_ok(&out, id);
+}
+
+fn pod_oom_kills_every_container(version: &str, build: &str) {
+    let c = Containerd::start(version);
+    let cfg = runsc_config(&c, build);
+    let events = c.events();
+    pod(&c, &cfg, "gpod", "67108864");
+    join(&c, &cfg, "gpod", "gapp", &["/bin/sleep", "1000"]);
+    // A joining container's own exit comes from runsc wait.
+    let short = format!("io.kubernetes.cri.sandbox-id={}", "gpod");
+    let out = run_gvisor(
+        &c,
+        &cfg,
+        "gshort",
+        &[
+            "--annotation",
+            "io.kubernetes.cri.container-type=container",
+            "--annotation",
+            &short,
+        ],
+        &["/bin/sh", "-c", "echo joined; exit 9"],
+        false,
+    );
+    assert_eq!(
+        exit_code(&out),
+        9,
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "joined\n",
+        "a joining container's stdio"
+    );
+    // Fill the pod: the host OOM-kills the sandbox, every container dies.
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "hog",
+        "gapp",
+        "/bin/sh",
+        "-c",
+        "dd if=/dev/zero of=/dev/null bs=200M count=1",
+    ]);
+    assert_eq!(
+        exit_code(&out),
+        137,
+        "an exec that died with the sandbox: not gVisor's 128"
+    );
+    for id in ["gpod", "gapp"] {
+        assert_oom_story(&events, id, true, 137);
+    }
+    assert_oom_story(&events, "gshort", false, 9);
+    for id in ["gapp", "gpod"] {
+        c.remove(id);
+    }
+    c.assert_clean(&["gpod", "gapp", "gshort"]);
+}
+
+fn sandbox_killed_by_user(version: &str, build: &str) {
+    let c = Containerd::start(version);
+    let cfg = runsc_config(&c, build);
+    let events = c.events();
+    pod(&c, &cfg, "kpod", "134217728");
+    join(&c, &cfg, "kpod", "kapp", &["/bin/sleep", "1000"]);
+    std::thread::sleep(Duration::from_millis(300));
+    let ls = String::from_utf8_lossy(&c.ctr(&["task", "ls"]).stdout).to_string();
+    let pid: i32 = ls
+        .lines()
+        .find(|l| l.starts_with("kpod "))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("sandbox pid in {ls}"));
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    for id in ["kpod", "kapp"] {
+        assert_oom_story(&events, id, false, 137);
+    }
+    for id in ["kapp", "kpod"] {
+        c.remove(id);
+    }
+    c.assert_clean(&["kpod", "kapp"]);
+}

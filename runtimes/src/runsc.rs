@@ -1,0 +1,263 @@
+//! runsc (gVisor): the runc command line plus what a sandbox changes.
+//!
+//! - Containers of a pod share one sandbox process; the pid file of every
+//!   one of them names it. The sandbox's exit is every container's exit.
+//! - A container that joins a sandbox gets its stdio from `runsc start`, not
+//!   `runsc create`, and its exit only from `runsc wait`.
+//! - After the sandbox is killed, `runsc wait` cannot know the status (exit
+//!   128, "sandbox no longer running"): only its parent can, and the shim,
+//!   as subreaper, is that parent. A missing status is never made a 0.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::SystemTime;
+
+use async_trait::async_trait;
+use log::{info, warn};
+use serde::Deserialize;
+use tokio::sync::{oneshot, watch};
+
+use crate::command::{self, Streams};
+use crate::reaper::reaper;
+use crate::runc::Runc;
+use crate::{
+    ContainerState, CreateOptions, ExecOptions, Exit, ExitReceiver, OciRuntime, ProcessStdio,
+    Result, WaitStatus,
+};
+
+/// The CRI annotations runsc reads to place a container in a pod.
+pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
+pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
+
+/// Whether the spec at `bundle` describes a container that joins an
+/// existing sandbox (a CRI pod's application container).
+pub fn joins_sandbox(bundle: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(bundle.join("config.json")) else {
+        return false;
+    };
+    let Ok(spec) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
+        return false;
+    };
+    spec.pointer("/annotations")
+        .and_then(|a| a.get(CONTAINER_TYPE))
+        .and_then(|v| v.as_str())
+        == Some("container")
+}
+
+pub struct Runsc {
+    runc: Runc,
+    binary: PathBuf,
+    root: PathBuf,
+    global_args: Vec<String>,
+    joins: bool,
+    /// A joining container's stdio, kept from Create for `runsc start`.
+    held: Mutex<Option<ProcessStdio>>,
+    /// `runsc wait` answers only for a started container.
+    started: watch::Sender<bool>,
+}
+
+#[derive(Deserialize)]
+struct WaitResult {
+    #[serde(rename = "exitStatus")]
+    exit_status: i32,
+}
+
+impl Runsc {
+    pub fn new(
+        binary: PathBuf,
+        root: PathBuf,
+        log: PathBuf,
+        global_args: Vec<String>,
+        bundle: &Path,
+    ) -> Self {
+        let runc = Runc::new(binary.clone(), root.clone(), log, false)
+            .with_global_args(global_args.clone());
+        Runsc {
+            runc,
+            binary,
+            root,
+            global_args,
+            joins: joins_sandbox(bundle),
+            held: Mutex::new(None),
+            started: watch::channel(false).0,
+        }
+    }
+
+    fn command(&self, action: &str) -> std::process::Command {
+        let mut cmd = std::process::Command::new(&self.binary);
+        cmd.arg("--root")
+            .arg(&self.root)
+            .args(&self.global_args)
+            .arg(action);
+        cmd
+    }
+
+    /// `runsc wait ID`: the container's status as the sandbox knows it, or
+    /// `None` when the sandbox is gone and cannot say.
+    async fn runsc_wait(&self, id: &str) -> Option<WaitStatus> {
+        let mut cmd = self.command("wait");
+        cmd.arg(id);
+        let out = command::run(cmd, Streams::Capture).await.ok()?;
+        if out.status != WaitStatus::Exited(0) {
+            warn!(
+                "runsc wait {id}: {}: {}",
+                out.status,
+                String::from_utf8_lossy(&out.stderr).trim()
+            );
+            return None;
+        }
+        let r: WaitResult = serde_json::from_slice(&out.stdout).ok()?;
+        Some(if r.exit_status > 128 && r.exit_status < 128 + 65 {
+            WaitStatus::Signaled {
+                signal: r.exit_status - 128,
+                core_dumped: false,
+            }
+        } else {
+            WaitStatus::Exited(r.exit_status)
+        })
+    }
+}
+
+#[async_trait]
+impl OciRuntime for Runsc {
+    fn binary(&self) -> &Path {
+        &self.binary
+    }
+
+    fn root(&self) -> &Path {
+        &self.root
+    }
+
+    async fn create(&self, id: &str, mut opts: CreateOptions<'_>) -> Result<()> {
+        // runsc has no --no-pivot / --no-new-keyring.
+        opts.no_pivot_root = false;
+        opts.no_new_keyring = false;
+        if self.joins {
+            let stdio = std::mem::take(&mut opts.stdio);
+            *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(stdio);
+        }
+        self.runc.create(id, opts).await
+    }
+
+    async fn start(&self, id: &str) -> Result<()> {
+        let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
+        match held {
+            Some(stdio) => self.runc.start_with_stdio(id, stdio).await?,
+            None => self.runc.start(id).await?,
+        }
+        self.started.send_replace(true);
+        Ok(())
+    }
+
+    async fn exec(&self, id: &str, opts: ExecOptions<'_>) -> Result<()> {
+        self.runc.exec(id, opts).await
+    }
+
+    async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
+        self.runc.kill(id, signal, all).await
+    }
+
+    async fn delete(&self, id: &str, force: bool) -> Result<()> {
+        self.runc.delete(id, force).await
+    }
+
+    async fn pause(&self, id: &str) -> Result<()> {
+        self.runc.pause(id).await
+    }
+
+    async fn resume(&self, id: &str) -> Result<()> {
+        self.runc.resume(id).await
+    }
+
+    async fn ps(&self, id: &str) -> Result<Vec<i32>> {
+        self.runc.ps(id).await
+    }
+
+    async fn update(&self, id: &str, resources: &[u8]) -> Result<()> {
+        self.runc.update(id, resources).await
+    }
+
+    async fn state(&self, id: &str) -> Result<ContainerState> {
+        self.runc.state(id).await
+    }
+
+    /// `runsc exec`/`runsc wait` exit 128 when the sandbox died under them
+    /// and the real status is unavailable.
+    fn status_unavailable(&self, status: &WaitStatus) -> bool {
+        *status == WaitStatus::Exited(128)
+    }
+
+    /// A root container ends with its sandbox process (reaped by the
+    /// shim). A joining container ends when `runsc wait` says so, or with
+    /// the sandbox if that dies first (its status then is the sandbox's).
+    fn watch_init(&self, id: &str, pid: i32) -> ExitReceiver {
+        let sandbox = reaper().watch(pid);
+        if !self.joins {
+            return sandbox;
+        }
+        let (tx, rx) = oneshot::channel();
+        let me = RunscWaiter {
+            runsc: Runsc::new(
+                self.binary.clone(),
+                self.root.clone(),
+                PathBuf::from("/dev/null"),
+                self.global_args.clone(),
+                Path::new("/nonexistent"),
+            ),
+            id: id.to_string(),
+            pid,
+            started: self.started.subscribe(),
+        };
+        tokio::spawn(async move {
+            let exit = me.wait(sandbox).await;
+            let _ = tx.send(exit);
+        });
+        rx
+    }
+}
+
+struct RunscWaiter {
+    runsc: Runsc,
+    id: String,
+    pid: i32,
+    started: watch::Receiver<bool>,
+}
+
+impl RunscWaiter {
+    async fn wait(mut self, mut sandbox: ExitReceiver) -> Exit {
+        let sigkill = WaitStatus::Signaled {
+            signal: libc::SIGKILL,
+            core_dumped: false,
+        };
+        tokio::select! {
+            reaped = &mut sandbox => {
+                let status = reaped.map(|e| e.status).unwrap_or(sigkill);
+                info!("runsc id={}: sandbox pid {} ended before the container started ({status})", self.id, self.pid);
+                return Exit { pid: self.pid, status, at: SystemTime::now() };
+            }
+            started = async { self.started.wait_for(|s| *s).await.is_ok() } => {
+                if !started {
+                    // Deleted before Start: no exit to report but the sandbox's.
+                    let status = sandbox.await.map(|e| e.status).unwrap_or(sigkill);
+                    return Exit { pid: self.pid, status, at: SystemTime::now() };
+                }
+            }
+        }
+        tokio::select! {
+            reaped = &mut sandbox => {
+                let status = reaped.map(|e| e.status).unwrap_or(WaitStatus::Signaled { signal: libc::SIGKILL, core_dumped: false });
+                info!("runsc id={}: sandbox pid {} ended ({status}); the container ends with it", self.id, self.pid);
+                Exit { pid: self.pid, status, at: SystemTime::now() }
+            }
+            waited = self.runsc.runsc_wait(&self.id) => match waited {
+                Some(status) => Exit { pid: self.pid, status, at: SystemTime::now() },
+                None => {
+                    // The sandbox is going away; its reaped status is the truth.
+                    let status = sandbox.await.map(|e| e.status).unwrap_or(WaitStatus::Signaled { signal: libc::SIGKILL, core_dumped: false });
+                    info!("runsc id={}: runsc wait had no status; sandbox pid {} ended ({status})", self.id, self.pid);
+                    Exit { pid: self.pid, status, at: SystemTime::now() }
+                }
+            },
+        }
+    }
+}
