@@ -28,7 +28,8 @@ on_containerd_and_runsc!(
     single_container,
     sandbox_oom_kill,
     pod_oom_kills_every_container,
-    sandbox_killed_by_user
+    sandbox_killed_by_user,
+    malformed_monitoring_message,
 );
 
 /// The TOML a runsc user points oomguard at.
@@ -272,4 +273,82 @@ fn sandbox_killed_by_user(version: &str, build: &str) {
         c.remove(id);
     }
     c.assert_clean(&["kpod", "kapp"]);
+}
+
+/// Connects to a SOCK_SEQPACKET socket, answers nothing, sends `packets`.
+fn inject(path: &str, packets: &[&[u8]]) {
+    unsafe {
+        let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0);
+        let mut addr: libc::sockaddr_un = std::mem::zeroed();
+        addr.sun_family = libc::AF_UNIX as u16;
+        for (i, b) in path.bytes().enumerate() {
+            addr.sun_path[i] = b as libc::c_char;
+        }
+        let len = std::mem::size_of::<libc::sa_family_t>() + path.len() + 1;
+        let r = libc::connect(
+            fd,
+            &addr as *const _ as *const libc::sockaddr,
+            len as libc::socklen_t,
+        );
+        assert_eq!(r, 0, "connect {path}: {}", std::io::Error::last_os_error());
+        for p in packets {
+            let n = libc::send(fd, p.as_ptr() as *const libc::c_void, p.len(), 0);
+            assert_eq!(n, p.len() as isize);
+        }
+        let mut buf = [0u8; 64];
+        libc::recv(
+            fd,
+            buf.as_mut_ptr() as *mut libc::c_void,
+            buf.len(),
+            libc::MSG_DONTWAIT,
+        );
+        std::thread::sleep(Duration::from_millis(200));
+        libc::close(fd);
+    }
+}
+
+fn malformed_monitoring_message(version: &str, build: &str) {
+    let c = Containerd::start(version);
+    let cfg = runsc_config(&c, build);
+    let events = c.events();
+    let out = run_gvisor(&c, &cfg, "g-mon", &[], &["/bin/sleep", "1000"], true);
+    assert_ok(&out, "run -d");
+    let log = c.log();
+    let path = log
+        .lines()
+        .find_map(|l| l.split("trace listening at ").nth(1))
+        .map(|p| p.trim_end_matches('"').trim().to_string())
+        .expect("the shim logs its monitoring socket");
+    // A handshake (version 1), then a header claiming 60000 header bytes,
+    // then a container-start with a broken protobuf body.
+    inject(
+        &path,
+        &[
+            &[0x08, 0x01],
+            &[0x60, 0xea, 0x01, 0, 0, 0, 0, 0],
+            &[8, 0, 1, 0, 0, 0, 0, 0, 0x0a, 0xff, 0xff],
+        ],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while !c.log().contains("malformed trace packet dropped") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no log line for the malformed packet"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    // The container is unaffected and still answers.
+    let out = c.ctr(&["task", "exec", "--exec-id", "e1", "g-mon", "/bin/true"]);
+    assert_eq!(exit_code(&out), 0);
+    c.remove("g-mon");
+    assert_oom_story(&events, "g-mon", false, 137);
+    let verdict = c
+        .log()
+        .lines()
+        .find(|l| l.contains("verdict id=g-mon"))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(verdict.contains("gvisor_stream(started=true"), "{verdict}");
+    c.assert_clean(&["g-mon"]);
 }

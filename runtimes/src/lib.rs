@@ -5,6 +5,7 @@
 //! [`reaper`], which is the only place processes are waited for.
 
 pub mod command;
+pub mod gvisor;
 pub mod reaper;
 pub mod runc;
 pub mod runsc;
@@ -140,6 +141,12 @@ pub trait OciRuntime: Send + Sync {
     /// the process's own (gVisor's 128 when the sandbox died under it).
     fn status_unavailable(&self, _status: &WaitStatus) -> bool {
         false
+    }
+
+    /// What the runtime itself reported about the container's end (gVisor's
+    /// monitoring stream), for the verdict's log line.
+    fn exit_evidence(&self, _id: &str) -> Option<String> {
+        None
     }
 }
 

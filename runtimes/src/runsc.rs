@@ -18,6 +18,7 @@ use serde::Deserialize;
 use tokio::sync::{oneshot, watch};
 
 use crate::command::{self, Streams};
+use crate::gvisor::monitor;
 use crate::reaper::reaper;
 use crate::runc::Runc;
 use crate::{
@@ -44,12 +45,25 @@ pub fn joins_sandbox(bundle: &Path) -> bool {
         == Some("container")
 }
 
+/// The sandbox a container belongs to, by the CRI annotation.
+fn sandbox_id(bundle: &Path) -> Option<String> {
+    let bytes = std::fs::read(bundle.join("config.json")).ok()?;
+    let spec = serde_json::from_slice::<serde_json::Value>(&bytes).ok()?;
+    spec.pointer("/annotations")?
+        .get(SANDBOX_ID)?
+        .as_str()
+        .map(str::to_string)
+}
+
 pub struct Runsc {
     runc: Runc,
     binary: PathBuf,
     root: PathBuf,
     global_args: Vec<String>,
     joins: bool,
+    /// The sandbox this container runs in (its own id for the root).
+    sandbox: Option<String>,
+    bundle: PathBuf,
     /// A joining container's stdio, kept from Create for `runsc start`.
     held: Mutex<Option<ProcessStdio>>,
     /// `runsc wait` answers only for a started container.
@@ -78,6 +92,8 @@ impl Runsc {
             root,
             global_args,
             joins: joins_sandbox(bundle),
+            sandbox: sandbox_id(bundle),
+            bundle: bundle.to_path_buf(),
             held: Mutex::new(None),
             started: watch::channel(false).0,
         }
@@ -135,8 +151,25 @@ impl OciRuntime for Runsc {
         if self.joins {
             let stdio = std::mem::take(&mut opts.stdio);
             *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(stdio);
+            return self.runc.create(id, opts).await;
         }
-        self.runc.create(id, opts).await
+        // A new sandbox: its monitoring stream is evidence for the verdict.
+        let sandbox = self.sandbox.clone().unwrap_or_else(|| id.to_string());
+        match monitor::listen(&sandbox, &self.bundle) {
+            Ok(config) => {
+                let mut args = self.global_args.clone();
+                args.push(format!("--pod-init-config={}", config.display()));
+                self.runc
+                    .clone()
+                    .with_global_args(args)
+                    .create(id, opts)
+                    .await
+            }
+            Err(e) => {
+                warn!("runsc id={id}: no gVisor monitoring stream ({e}); host signals only");
+                self.runc.create(id, opts).await
+            }
+        }
     }
 
     async fn start(&self, id: &str) -> Result<()> {
@@ -158,7 +191,11 @@ impl OciRuntime for Runsc {
     }
 
     async fn delete(&self, id: &str, force: bool) -> Result<()> {
-        self.runc.delete(id, force).await
+        let res = self.runc.delete(id, force).await;
+        if !self.joins {
+            monitor::forget(self.sandbox.as_deref().unwrap_or(id));
+        }
+        res
     }
 
     async fn pause(&self, id: &str) -> Result<()> {
@@ -179,6 +216,10 @@ impl OciRuntime for Runsc {
 
     async fn state(&self, id: &str) -> Result<ContainerState> {
         self.runc.state(id).await
+    }
+
+    fn exit_evidence(&self, id: &str) -> Option<String> {
+        monitor::evidence(self.sandbox.as_deref().unwrap_or(id)).map(|e| e.summary(id))
     }
 
     /// `runsc exec`/`runsc wait` exit 128 when the sandbox died under them

@@ -276,8 +276,12 @@ impl OomWatch {
             is_init,
         };
         let verdict = decide(&evidence);
+        let runtime_says = self
+            .runtime
+            .exit_evidence(&self.id)
+            .unwrap_or_else(|| "-".into());
         info!(
-            "verdict id={} pid={} is_init={is_init} wait_status=\"{}\" oom_kills={kills} counter={counted:?} baseline={:?} kernel_log_victims={logged} victim={} notifications={notifications} already_published={} oom_group={} => oom_killed={} publish_oom={} exit_status={} ({})",
+            "verdict id={} pid={} is_init={is_init} wait_status=\"{}\" oom_kills={kills} counter={counted:?} baseline={:?} kernel_log_victims={logged} victim={} notifications={notifications} already_published={} oom_group={} runtime={runtime_says} => oom_killed={} publish_oom={} exit_status={} ({})",
             self.id,
             exit.pid,
             exit.status,

@@ -1,0 +1,16 @@
+//! gVisor specifics: the runtime-monitoring ("trace") stream of the sentry.
+//!
+//! [`trace`] decodes the wire format (pure, no I/O); [`listener`] is a tokio
+//! `SOCK_SEQPACKET` listener that accepts the sandbox's connection, answers
+//! the handshake and yields decoded points until EOF. Protocol facts and what
+//! was measured with real runsc 20221219 and 20240729 are in `NOTES.md`.
+
+pub mod listener;
+pub mod monitor;
+pub mod trace;
+
+pub use listener::{PeerCredentials, TraceError, TraceListener, TraceStream};
+pub use trace::{
+    parse_message, parse_message_limited, pod_init_config, ContainerStart, ContextData, Event,
+    ExitNotifyParent, Header, Message, ParseError, RawWaitStatus, TaskExit,
+};
