@@ -29,7 +29,9 @@
 # Environment for start:
 #   OOMGUARD_SANDBOX_IMAGE     CRI sandbox (pause) image (default: containerd's own)
 #   OOMGUARD_CONTAINERD_EXTRA  TOML appended to the generated config.toml (new
-#                              tables only, e.g. more CRI runtimes)
+#                              tables only, e.g. more CRI runtimes; when it has
+#                              a table ...containerd.runtimes.oomguard], the
+#                              built-in "oomguard" runtime is left out)
 #   OOMGUARD_CONTAINERD_ENV    extra "NAME=value" words for containerd's environment
 set -euo pipefail
 # shellcheck source=hack/lib.sh
@@ -74,6 +76,12 @@ toml_str() { # TOML basic string
 	s=${s//\\/\\\\}
 	s=${s//\"/\\\"}
 	printf '"%s"' "$s"
+}
+
+# Does OOMGUARD_CONTAINERD_EXTRA define the CRI runtime "oomguard" itself
+# (e.g. hack/cri/containerd-*.toml)? Then the built-in table is left out.
+extra_defines_oomguard() {
+	[[ ${OOMGUARD_CONTAINERD_EXTRA:-} == *'.containerd.runtimes.oomguard]'* ]]
 }
 
 write_config() {
@@ -123,11 +131,15 @@ oom_score = 0
 
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
         runtime_type = "io.containerd.runc.v2"
+EOF
+			if ! extra_defines_oomguard; then
+				cat <<EOF
 
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.oomguard]
         runtime_type = "io.containerd.oomguard.v2"
         sandboxer = "podsandbox"
 EOF
+			fi
 			if [[ -n $sandbox ]]; then
 				printf '\n  [plugins."io.containerd.cri.v1.images".pinned_images]\n    sandbox = %s\n' "$(toml_str "$sandbox")"
 			fi
@@ -173,12 +185,16 @@ EOF
 
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
         runtime_type = "io.containerd.runc.v2"
+EOF
+			if ! extra_defines_oomguard; then
+				cat <<EOF
 
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.oomguard]
         runtime_type = "io.containerd.oomguard.v2"
 EOF
-			if [[ $ver == 1.7 ]]; then
-				echo '        sandbox_mode = "podsandbox"'
+				if [[ $ver == 1.7 ]]; then
+					echo '        sandbox_mode = "podsandbox"'
+				fi
 			fi
 			if [[ $ver == 1.7 ]]; then
 				cat <<EOF
@@ -295,7 +311,7 @@ shim_pids() {
 	for p in /proc/[0-9]*; do
 		pid=${p#/proc/}
 		[[ $pid != "$$" && $pid != "$BASHPID" ]] || continue
-		mapfile -d '' -t args <"$p/cmdline" 2>/dev/null || continue
+		{ mapfile -d '' -t args <"$p/cmdline"; } 2>/dev/null || continue
 		((${#args[@]})) || continue
 		for ((i = 1; i < ${#args[@]}; i++)); do
 			if [[ ${args[i - 1]} == -address || ${args[i - 1]} == --address ]] &&
