@@ -26,6 +26,11 @@ test: deps build lint
 unit: build
 	$(CARGO) test --workspace --bins --lib
 
+# oomguard beside the stock containerd-shim-runc-v2 in the same run (VER=1.7 or 2).
+VER ?= 1.7
+bench: deps
+	hack/bench.sh $(VER)
+
 lint:
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --workspace --all-targets -- -D warnings

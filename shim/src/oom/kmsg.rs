@@ -10,7 +10,7 @@ use std::io;
 use std::os::fd::OwnedFd;
 use std::sync::{Mutex, OnceLock};
 
-use log::{debug, warn};
+use log::{trace, warn};
 use nix::fcntl::OFlag;
 use nix::sys::stat::Mode;
 use tokio::io::unix::AsyncFd;
@@ -224,7 +224,9 @@ fn drain_ready(log: &KernelLog) {
                 if let Some(record) = parse_record(&text) {
                     let mut asm = log.assembler.lock().unwrap_or_else(|p| p.into_inner());
                     if let Some(victim) = asm.push(record) {
-                        debug!(
+                        // Most victims belong to other shims' containers; only
+                        // a watch that owns the memcg logs its decision.
+                        trace!(
                             "kmsg: oom victim pid={} comm={} task_memcg={} oom_memcg={:?} anon_rss_kb={:?}",
                             victim.pid, victim.comm, victim.task_memcg, victim.oom_memcg, victim.anon_rss_kb
                         );

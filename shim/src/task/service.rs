@@ -94,6 +94,12 @@ impl Task for TaskService {
         }
         let config = RuntimeConfig::from_any(req.options.as_ref())
             .map_err(|e| rpc::invalid(e.to_string()))?;
+        if let Some(level) = &config.log_level {
+            match level.parse::<log::LevelFilter>() {
+                Ok(l) => log::set_max_level(l),
+                Err(_) => warn!("create id={}: log_level {level:?} is not a level (error, warn, info, debug, trace)", req.id),
+            }
+        }
         let stdio = StdioSpec {
             stdin: req.stdin.clone(),
             stdout: req.stdout.clone(),
