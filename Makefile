@@ -8,7 +8,7 @@ CARGO ?= cargo
 all: build
 
 deps:
-	hack/deps.sh runsc
+	hack/deps.sh runsc docker
 
 build:
 	$(CARGO) build --workspace --all-targets

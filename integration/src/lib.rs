@@ -1,1 +1,3 @@
+pub mod cri;
+pub mod docker;
 pub mod harness;

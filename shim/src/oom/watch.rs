@@ -187,15 +187,7 @@ impl OomWatch {
             drop(published);
             if self.oom_group {
                 info!("oom id={}: oom_group: killing the whole container", self.id);
-                if let Err(e) = self
-                    .runtime
-                    .kill(&self.id, libc::SIGKILL as u32, true)
-                    .await
-                {
-                    if !e.is_not_running() && !e.is_not_found() {
-                        warn!("oom id={}: oom_group kill failed: {e}", self.id);
-                    }
-                }
+                self.kill_container().await;
             }
         } else if source == Source::Memcg {
             // The notification can come before the counter moves, or be a
@@ -207,6 +199,18 @@ impl OomWatch {
             return true;
         }
         false
+    }
+
+    async fn kill_container(&self) {
+        if let Err(e) = self
+            .runtime
+            .kill(&self.id, libc::SIGKILL as u32, true)
+            .await
+        {
+            if !e.is_not_running() && !e.is_not_found() {
+                warn!("oom id={}: oom_group kill failed: {e}", self.id);
+            }
+        }
     }
 
     async fn publish(&self, published: &mut u64, episodes: u64) {
@@ -299,6 +303,14 @@ impl OomWatch {
         );
         if verdict.oom_event {
             self.publish(&mut published, episodes.max(1)).await;
+        }
+        drop(published);
+        if !is_init && self.oom_group && (verdict.oom_killed || verdict.oom_event) {
+            info!(
+                "oom id={}: oom_group: an exec was OOM-killed; killing the whole container",
+                self.id
+            );
+            self.kill_container().await;
         }
         verdict
     }

@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# A private containerd for CRI (Kubernetes) tests, in a network namespace of
+# its own.
+#
+# usage: hack/cri/containerd.sh start VER DIR [SHIM_DIR]
+#        hack/cri/containerd.sh stop DIR
+#        hack/cri/containerd.sh netns DIR
+#
+#   start  Runs hack/cri/setup.sh, creates the network namespace
+#          oomguard-<hash of DIR> (ip netns add; lo up), and in it starts
+#          hack/containerd.sh start VER DIR SHIM_DIR with
+#            - the README's CRI runtime handlers: hack/cri/containerd-1.x.toml
+#              (VER 1.6, 1.7) or hack/cri/containerd-2.x.toml (VER 2), as they
+#              are except that their "version = N" line is dropped (the
+#              generated config has it) and "/etc/oomguard/" becomes
+#              $REPO/hack/cri/oomguard/ (runc.toml, runsc.toml). Handlers:
+#              "runc" (stock, default), "oomguard", "oomguard-runsc";
+#            - the sandbox image localhost/oomguard/pause:1.
+#          Then writes the CNI network DIR/cni/net.d/10-oomguard.conflist
+#          (bridge "oomguard0" + host-local addresses in 10.88.0.0/16, state in
+#          DIR/cni/ipam; the bridge lives in the private namespace, not on the
+#          host) and imports localhost/oomguard/pause:1 and
+#          localhost/oomguard/busybox:1 into the namespace k8s.io. Prints the
+#          socket path. OOMGUARD_CONTAINERD_EXTRA is appended after the
+#          handlers.
+#   stop   hack/containerd.sh stop DIR, then removes the network namespace.
+#   netns  Prints the network namespace's name.
+set -euo pipefail
+# shellcheck source=hack/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
+
+usage() {
+	sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
+	exit "${1:-0}"
+}
+
+abs_dir() {
+	local d=$1
+	[[ -n $d ]] || die "empty DIR"
+	[[ $d == /* ]] || d="$PWD/$d"
+	d=$(realpath -m -- "$d")
+	[[ $d != / ]] || die "refusing to use / as DIR"
+	printf '%s\n' "$d"
+}
+
+netns_name() {
+	printf 'oomguard-%s\n' "$(printf '%s' "$1" | sha256sum | cut -c1-12)"
+}
+
+# The README's CRI snippet for VER, made usable as OOMGUARD_CONTAINERD_EXTRA.
+handlers() {
+	local ver=$1 file
+	case $ver in
+	1.6 | 1.7) file="$REPO/hack/cri/containerd-1.x.toml" ;;
+	2) file="$REPO/hack/cri/containerd-2.x.toml" ;;
+	*) die "unknown containerd version '$ver' (expected 1.6, 1.7 or 2)" ;;
+	esac
+	sed -e '/^version = [0-9]*$/d' -e "s#/etc/oomguard/#$REPO/hack/cri/oomguard/#g" "$file"
+}
+
+cmd_start() {
+	(($# >= 2 && $# <= 3)) || usage 2 >&2
+	local ver=$1 dir shim_dir
+	dir=$(abs_dir "$2")
+	shim_dir=${3:-$REPO/target/debug}
+	need_root
+	"$REPO/hack/cri/setup.sh"
+
+	local ns
+	ns=$(netns_name "$dir")
+	if [[ ! -e /run/netns/$ns ]]; then
+		ip netns add "$ns" || die "ip netns add $ns failed"
+	fi
+	ip -n "$ns" link set lo up || die "could not bring lo up in $ns"
+
+	local extra sock
+	extra=$(handlers "$ver")
+	if [[ -n ${OOMGUARD_CONTAINERD_EXTRA:-} ]]; then
+		extra+=$'\n'"$OOMGUARD_CONTAINERD_EXTRA"
+	fi
+	# Only the network namespace changes: containerd (and the shims, CNI
+	# plugins and containers it starts) see the host's mounts and cgroups.
+	sock=$(OOMGUARD_CONTAINERD_EXTRA=$extra OOMGUARD_SANDBOX_IMAGE=localhost/oomguard/pause:1 \
+		nsenter --net="/run/netns/$ns" "$REPO/hack/containerd.sh" start "$ver" "$dir" "$shim_dir")
+
+	local conf="$dir/cni/net.d/10-oomguard.conflist"
+	if [[ ! -e $conf ]]; then
+		mkdir -p "$dir/cni/ipam"
+		jq -n --arg data "$dir/cni/ipam" '{
+			cniVersion: "1.0.0",
+			name: "oomguard",
+			plugins: [{
+				type: "bridge", bridge: "oomguard0", isGateway: true, ipMasq: false,
+				hairpinMode: true,
+				ipam: {type: "host-local", dataDir: $data,
+					ranges: [[{subnet: "10.88.0.0/16"}]], routes: [{dst: "0.0.0.0/0"}]}
+			}]
+		}' >"$conf.tmp"
+		mv "$conf.tmp" "$conf"
+	fi
+
+	local ctr
+	ctr=("$(containerd_bin_dir "$ver")/ctr" --address "$sock" -n k8s.io)
+	local img
+	for img in pause busybox; do
+		if ! "${ctr[@]}" images ls -q | grep -qxF "localhost/oomguard/$img:1"; then
+			run_logged "$dir/cri-setup.log" "${ctr[@]}" images import "$CACHE/cri/$img.oci.tar" ||
+				die "ctr images import $img.oci.tar failed"
+		fi
+	done
+	printf '%s\n' "$sock"
+}
+
+cmd_stop() {
+	(($# == 1)) || usage 2 >&2
+	local dir ns
+	dir=$(abs_dir "$1")
+	need_root
+	ns=$(netns_name "$dir")
+	"$REPO/hack/containerd.sh" stop "$dir"
+	if [[ -e /run/netns/$ns ]]; then
+		ip netns del "$ns" || die "ip netns del $ns failed"
+	fi
+}
+
+(($#)) || usage 2 >&2
+sub=$1
+shift
+case $sub in
+start) cmd_start "$@" ;;
+stop) cmd_stop "$@" ;;
+netns)
+	(($# == 1)) || usage 2 >&2
+	netns_name "$(abs_dir "$1")"
+	;;
+-h | --help | help) usage 0 ;;
+*)
+	echo "cri/containerd.sh: unknown command '$sub'" >&2
+	usage 2 >&2
+	;;
+esac

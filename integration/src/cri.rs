@@ -1,0 +1,573 @@
+//! A private containerd serving Kubernetes' CRI (started by
+//! `hack/cri/containerd.sh`: its own network namespace, CNI bridge, the
+//! README's runtime handlers, local pause and busybox images), and a CRI v1
+//! client (crate `k8s-cri`, tonic over the unix socket) with the calls a
+//! kubelet makes.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use containerd_client::tonic::{self, transport::Channel};
+use k8s_cri::v1::image_service_client::ImageServiceClient;
+use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
+use k8s_cri::v1::*;
+
+use crate::harness::repo;
+
+/// Handlers registered by `hack/cri/containerd-*.toml` (and the stock one).
+pub const HANDLER: &str = "oomguard";
+pub const RUNSC_HANDLER: &str = "oomguard-runsc";
+pub const STOCK_HANDLER: &str = "runc";
+/// Images `hack/cri/setup.sh` builds and `hack/cri/containerd.sh` imports.
+pub const IMAGE: &str = "localhost/oomguard/busybox:1";
+pub const PAUSE_IMAGE: &str = "localhost/oomguard/pause:1";
+/// The containerd versions CRI is tested on.
+pub const VERSIONS: [&str; 2] = ["1.7", "2"];
+
+static NEXT: AtomicUsize = AtomicUsize::new(0);
+
+/// A pod as the tests made it: its id and the config it was made with
+/// (CreateContainer wants the config again).
+#[derive(Clone, Debug)]
+pub struct Pod {
+    pub id: String,
+    pub config: PodSandboxConfig,
+    pub handler: String,
+}
+
+pub struct Cri {
+    pub version: String,
+    pub dir: PathBuf,
+    pub socket: PathBuf,
+    rt: tokio::runtime::Runtime,
+    runtime: RuntimeServiceClient<Channel>,
+    images: ImageServiceClient<Channel>,
+    /// Every pod and container id made through this instance (leak checks).
+    ids: Mutex<Vec<String>>,
+    /// Pod-level cgroups made by `pod_cgroup` (removed on stop).
+    pod_cgroups: Mutex<Vec<String>>,
+    stopped: bool,
+}
+
+impl Cri {
+    /// Starts containerd `version` for CRI and waits until CRI reports the
+    /// runtime and the network ready.
+    pub fn start(version: &str) -> Cri {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let dir = PathBuf::from(format!(
+            "/tmp/oomguard-it/cri{version}-{}-{n}",
+            std::process::id()
+        ));
+        let shim_dir = std::env::var("OOMGUARD_SHIM_DIR")
+            .map(PathBuf::from)
+            .unwrap_or_else(|_| repo().join("target/debug"));
+        assert!(
+            shim_dir.join("containerd-shim-oomguard-v2").exists(),
+            "build the shim first (cargo build): {} has no containerd-shim-oomguard-v2",
+            shim_dir.display()
+        );
+        let out = Command::new(repo().join("hack/cri/containerd.sh"))
+            .arg("start")
+            .arg(version)
+            .arg(&dir)
+            .arg(&shim_dir)
+            .output()
+            .expect("run hack/cri/containerd.sh");
+        assert!(
+            out.status.success(),
+            "containerd {version} (CRI) did not start: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let socket = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .expect("tokio runtime");
+        let channel = rt
+            .block_on(containerd_client::connect(&socket))
+            .expect("connect to containerd's socket");
+        let cri = Cri {
+            version: version.to_string(),
+            dir,
+            socket,
+            rt,
+            runtime: RuntimeServiceClient::new(channel.clone()),
+            images: ImageServiceClient::new(channel),
+            ids: Mutex::new(Vec::new()),
+            pod_cgroups: Mutex::new(Vec::new()),
+            stopped: false,
+        };
+        cri.wait_ready(Duration::from_secs(20));
+        cri
+    }
+
+    /// A client for CRI's RuntimeService (cheap: shares the connection).
+    pub fn runtime_client(&self) -> RuntimeServiceClient<Channel> {
+        self.runtime.clone()
+    }
+
+    fn rs(&self) -> RuntimeServiceClient<Channel> {
+        self.runtime_client()
+    }
+
+    /// Runs one async CRI call to completion (60 s at most).
+    pub fn call<T, F>(&self, what: &str, fut: F) -> Result<T, tonic::Status>
+    where
+        F: std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+    {
+        self.rt.block_on(async {
+            match tokio::time::timeout(Duration::from_secs(60), fut).await {
+                Ok(r) => r.map(|r| r.into_inner()),
+                Err(_) => Err(tonic::Status::deadline_exceeded(format!(
+                    "{what}: no answer in 60 s"
+                ))),
+            }
+        })
+    }
+
+    fn ok<T>(&self, what: &str, r: Result<T, tonic::Status>) -> T {
+        r.unwrap_or_else(|e| {
+            panic!(
+                "CRI {what} failed: {e:?}\n--- containerd.log (tail) ---\n{}",
+                self.log_tail(40)
+            )
+        })
+    }
+
+    /// CRI Status: the conditions by type (RuntimeReady, NetworkReady).
+    pub fn conditions(&self) -> HashMap<String, bool> {
+        let r = self.call("Status", self.rs().status(StatusRequest { verbose: false }));
+        let r = self.ok("Status", r);
+        r.status
+            .map(|s| {
+                s.conditions
+                    .into_iter()
+                    .map(|c| (c.r#type, c.status))
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    fn wait_ready(&self, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let c = self.conditions();
+            if c.get("RuntimeReady") == Some(&true) && c.get("NetworkReady") == Some(&true) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "CRI not ready after {timeout:?}: {c:?}\n{}",
+                self.log_tail(20)
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The images CRI knows (their tags).
+    pub fn image_tags(&self) -> Vec<String> {
+        let r = self.call(
+            "ListImages",
+            self.images
+                .clone()
+                .list_images(ListImagesRequest { filter: None }),
+        );
+        self.ok("ListImages", r)
+            .images
+            .into_iter()
+            .flat_map(|i| i.repo_tags)
+            .collect()
+    }
+
+    /// The pod config a kubelet would send for a plain pod: its own network
+    /// namespace (CNI) and, per container, its own PID namespace.
+    pub fn pod_config(&self, name: &str) -> PodSandboxConfig {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let logs = self.dir.join(format!("pods/{name}-{n}"));
+        std::fs::create_dir_all(&logs).expect("pod log directory");
+        PodSandboxConfig {
+            metadata: Some(PodSandboxMetadata {
+                name: name.to_string(),
+                uid: format!("{name}-uid-{}-{n}", std::process::id()),
+                namespace: "oomguard-test".to_string(),
+                attempt: 0,
+            }),
+            hostname: name.to_string(),
+            log_directory: logs.display().to_string(),
+            linux: Some(LinuxPodSandboxConfig {
+                security_context: Some(LinuxSandboxSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Pod as i32,
+                        pid: NamespaceMode::Container as i32,
+                        ipc: NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    /// A pod-level cgroup with a memory limit, as a kubelet makes one per pod
+    /// (`kubepods/.../pod<uid>`, limited to the sum of its containers'
+    /// limits): the memory cgroup `/oomguard-pod-<pid>-<n>`; runc creates the
+    /// other controllers' directories. Returns the path for
+    /// `LinuxPodSandboxConfig.cgroup_parent`; removed when the instance stops.
+    pub fn pod_cgroup(&self, memory_limit: i64) -> String {
+        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let name = format!("/oomguard-pod-{}-{n}", std::process::id());
+        let dir = format!("/sys/fs/cgroup/memory{name}");
+        std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {dir}: {e}"));
+        self.pod_cgroups.lock().unwrap().push(name.clone());
+        std::fs::write(
+            format!("{dir}/memory.limit_in_bytes"),
+            memory_limit.to_string(),
+        )
+        .unwrap_or_else(|e| panic!("{dir}/memory.limit_in_bytes: {e}"));
+        name
+    }
+
+    /// RunPodSandbox with `handler` (the RuntimeClass handler).
+    pub fn run_pod(&self, name: &str, handler: &str) -> Pod {
+        let config = self.pod_config(name);
+        self.run_pod_with(config, handler)
+    }
+
+    pub fn run_pod_with(&self, config: PodSandboxConfig, handler: &str) -> Pod {
+        let r = self.call(
+            "RunPodSandbox",
+            self.rs().run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(config.clone()),
+                runtime_handler: handler.to_string(),
+            }),
+        );
+        let id = self.ok("RunPodSandbox", r).pod_sandbox_id;
+        self.ids.lock().unwrap().push(id.clone());
+        Pod {
+            id,
+            config,
+            handler: handler.to_string(),
+        }
+    }
+
+    pub fn pod_status(&self, pod: &Pod) -> PodSandboxStatus {
+        let r = self.call(
+            "PodSandboxStatus",
+            self.rs().pod_sandbox_status(PodSandboxStatusRequest {
+                pod_sandbox_id: pod.id.clone(),
+                verbose: false,
+            }),
+        );
+        self.ok("PodSandboxStatus", r)
+            .status
+            .expect("PodSandboxStatus.status")
+    }
+
+    /// The container config a kubelet would send: `sh -c SCRIPT` in the
+    /// busybox image, its own PID namespace, an optional memory limit, a log
+    /// file NAME.log in the pod's log directory.
+    pub fn container_config(
+        &self,
+        name: &str,
+        script: &str,
+        memory_limit: Option<i64>,
+    ) -> ContainerConfig {
+        ContainerConfig {
+            metadata: Some(ContainerMetadata {
+                name: name.to_string(),
+                attempt: 0,
+            }),
+            image: Some(ImageSpec {
+                image: IMAGE.to_string(),
+                ..Default::default()
+            }),
+            command: vec!["sh".into(), "-c".into(), script.to_string()],
+            log_path: format!("{name}.log"),
+            linux: Some(LinuxContainerConfig {
+                resources: Some(LinuxContainerResources {
+                    memory_limit_in_bytes: memory_limit.unwrap_or(0),
+                    ..Default::default()
+                }),
+                security_context: Some(LinuxContainerSecurityContext {
+                    namespace_options: Some(NamespaceOption {
+                        network: NamespaceMode::Pod as i32,
+                        pid: NamespaceMode::Container as i32,
+                        ipc: NamespaceMode::Pod as i32,
+                        ..Default::default()
+                    }),
+                    ..Default::default()
+                }),
+            }),
+            ..Default::default()
+        }
+    }
+
+    pub fn create_container_with(&self, pod: &Pod, config: ContainerConfig) -> String {
+        let r = self.call(
+            "CreateContainer",
+            self.rs().create_container(CreateContainerRequest {
+                pod_sandbox_id: pod.id.clone(),
+                config: Some(config),
+                sandbox_config: Some(pod.config.clone()),
+            }),
+        );
+        let id = self.ok("CreateContainer", r).container_id;
+        self.ids.lock().unwrap().push(id.clone());
+        id
+    }
+
+    /// CreateContainer + StartContainer; returns the container id.
+    pub fn run_container(
+        &self,
+        pod: &Pod,
+        name: &str,
+        script: &str,
+        memory_limit: Option<i64>,
+    ) -> String {
+        let id = self.create_container_with(pod, self.container_config(name, script, memory_limit));
+        self.start_container(&id);
+        id
+    }
+
+    pub fn start_container(&self, id: &str) {
+        let r = self.call(
+            "StartContainer",
+            self.rs().start_container(StartContainerRequest {
+                container_id: id.to_string(),
+            }),
+        );
+        self.ok("StartContainer", r);
+    }
+
+    pub fn container_status(&self, id: &str) -> ContainerStatus {
+        let r = self.call(
+            "ContainerStatus",
+            self.rs().container_status(ContainerStatusRequest {
+                container_id: id.to_string(),
+                verbose: false,
+            }),
+        );
+        self.ok("ContainerStatus", r)
+            .status
+            .expect("ContainerStatus.status")
+    }
+
+    /// Polls ContainerStatus until the container has exited.
+    pub fn wait_exited(&self, id: &str, timeout: Duration) -> ContainerStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let s = self.container_status(id);
+            if s.state == ContainerState::ContainerExited as i32 {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "container {} still in state {} after {timeout:?}",
+                s.metadata.map(|m| m.name).unwrap_or_default(),
+                s.state
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// Waits until the container has exited; returns (exit code, reason).
+    pub fn exit_of(&self, id: &str) -> (i32, String) {
+        let s = self.wait_exited(id, Duration::from_secs(30));
+        (s.exit_code, s.reason)
+    }
+
+    pub fn exec_sync(&self, id: &str, cmd: &[&str], timeout_s: i64) -> ExecSyncResponse {
+        let r = self.call(
+            "ExecSync",
+            self.rs().exec_sync(ExecSyncRequest {
+                container_id: id.to_string(),
+                cmd: cmd.iter().map(|s| s.to_string()).collect(),
+                timeout: timeout_s,
+            }),
+        );
+        self.ok("ExecSync", r)
+    }
+
+    pub fn container_stats(&self, id: &str) -> ContainerStats {
+        let r = self.call(
+            "ContainerStats",
+            self.rs().container_stats(ContainerStatsRequest {
+                container_id: id.to_string(),
+            }),
+        );
+        self.ok("ContainerStats", r)
+            .stats
+            .expect("ContainerStats.stats")
+    }
+
+    pub fn stop_container(&self, id: &str, timeout_s: i64) {
+        let r = self.call(
+            "StopContainer",
+            self.rs().stop_container(StopContainerRequest {
+                container_id: id.to_string(),
+                timeout: timeout_s,
+            }),
+        );
+        self.ok("StopContainer", r);
+    }
+
+    pub fn list_containers(&self, pod: &Pod) -> Vec<Container> {
+        let r = self.call(
+            "ListContainers",
+            self.rs().list_containers(ListContainersRequest {
+                filter: Some(ContainerFilter {
+                    pod_sandbox_id: pod.id.clone(),
+                    ..Default::default()
+                }),
+            }),
+        );
+        self.ok("ListContainers", r).containers
+    }
+
+    /// StopPodSandbox then RemovePodSandbox (what a kubelet does when a pod
+    /// is deleted).
+    pub fn remove_pod(&self, pod: &Pod) {
+        let r = self.call(
+            "StopPodSandbox",
+            self.rs().stop_pod_sandbox(StopPodSandboxRequest {
+                pod_sandbox_id: pod.id.clone(),
+            }),
+        );
+        self.ok("StopPodSandbox", r);
+        let r = self.call(
+            "RemovePodSandbox",
+            self.rs().remove_pod_sandbox(RemovePodSandboxRequest {
+                pod_sandbox_id: pod.id.clone(),
+            }),
+        );
+        self.ok("RemovePodSandbox", r);
+    }
+
+    /// The pod's container log (CRI format: "TIME STREAM TAG text" lines).
+    pub fn container_log(&self, pod: &Pod, name: &str) -> String {
+        let p = Path::new(&pod.config.log_directory).join(format!("{name}.log"));
+        std::fs::read_to_string(p).unwrap_or_default()
+    }
+
+    /// Shims (any) started for this containerd.
+    pub fn shim_pids(&self) -> Vec<i32> {
+        let needle = format!("-address {}", self.socket.display());
+        let mut pids = Vec::new();
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+                continue;
+            };
+            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
+                continue;
+            };
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            if cmdline.contains("containerd-shim") && cmdline.contains(&needle) {
+                pids.push(pid);
+            }
+        }
+        pids
+    }
+
+    /// After every pod was removed: no pod or container left in CRI, no
+    /// shim, no mount under DIR, no cgroup, no runc/runsc state.
+    pub fn assert_clean(&self) {
+        let r = self.call(
+            "ListPodSandbox",
+            self.rs()
+                .list_pod_sandbox(ListPodSandboxRequest { filter: None }),
+        );
+        let pods = self.ok("ListPodSandbox", r).items;
+        assert!(pods.is_empty(), "pods left: {pods:?}");
+        let r = self.call(
+            "ListContainers",
+            self.rs()
+                .list_containers(ListContainersRequest { filter: None }),
+        );
+        let containers = self.ok("ListContainers", r).containers;
+        assert!(containers.is_empty(), "containers left: {containers:?}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !self.shim_pids().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(self.shim_pids(), Vec::<i32>::new(), "shims left running");
+        let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let dir = self.dir.display().to_string();
+        let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&dir)).collect();
+        assert!(left.is_empty(), "mounts left: {left:#?}");
+        let mut parents = vec!["/k8s.io".to_string()];
+        parents.extend(self.pod_cgroups.lock().unwrap().iter().cloned());
+        for id in self.ids.lock().unwrap().iter() {
+            for ctl in ["memory", "pids", "cpu", "freezer"] {
+                for parent in &parents {
+                    let cg = format!("/sys/fs/cgroup/{ctl}{parent}/{id}");
+                    assert!(!Path::new(&cg).exists(), "cgroup left: {cg}");
+                }
+            }
+            for rt in ["runc", "runsc"] {
+                let state = format!("/run/containerd/{rt}/k8s.io/{id}");
+                assert!(!Path::new(&state).exists(), "{rt} state left: {state}");
+            }
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
+    }
+
+    pub fn log_tail(&self, n: usize) -> String {
+        let log = self.log();
+        let lines: Vec<&str> = log.lines().collect();
+        lines[lines.len().saturating_sub(n)..].join("\n")
+    }
+
+    /// Stops containerd and removes its network namespace (also on drop).
+    pub fn stop(&mut self) {
+        if self.stopped {
+            return;
+        }
+        self.stopped = true;
+        let _ = Command::new(repo().join("hack/cri/containerd.sh"))
+            .arg("stop")
+            .arg(&self.dir)
+            .output();
+        for name in self.pod_cgroups.lock().unwrap().drain(..) {
+            for entry in std::fs::read_dir("/sys/fs/cgroup")
+                .into_iter()
+                .flatten()
+                .flatten()
+            {
+                let dir = entry.path().join(name.trim_start_matches('/'));
+                if dir.is_dir() {
+                    if let Err(e) = std::fs::remove_dir(&dir) {
+                        eprintln!("could not remove cgroup {}: {e}", dir.display());
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Drop for Cri {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// `hack/deps.sh runsc` (gVisor's runsc on PATH): quick when it is there.
+pub fn ensure_runsc() {
+    let out = Command::new(repo().join("hack/deps.sh"))
+        .arg("runsc")
+        .output()
+        .expect("run hack/deps.sh runsc");
+    assert!(
+        out.status.success(),
+        "hack/deps.sh runsc: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

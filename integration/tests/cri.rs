@@ -1,0 +1,268 @@
+//! Kubernetes' view through CRI (v1 gRPC, as a kubelet calls it) of
+//! containerd 1.7 and 2.x with the README's runtime handlers
+//! (`hack/cri/containerd-*.toml`): the reason and exit code of each
+//! container (`OOMKilled` 137, `Completed` 0, `Error`), ExecSync,
+//! ContainerStats, several containers per pod, and that removing a pod
+//! leaves nothing behind.
+
+use std::time::Duration;
+
+use oomguard_integration::cri::{
+    ensure_runsc, Cri, HANDLER, IMAGE, PAUSE_IMAGE, RUNSC_HANDLER, STOCK_HANDLER,
+};
+
+macro_rules! on_every_containerd {
+    ($($(#[$attr:meta])* $scenario:ident),* $(,)?) => {
+        mod containerd_1_7 { $( $(#[$attr])* #[test] fn $scenario() { super::$scenario("1.7") } )* }
+        mod containerd_2 { $( $(#[$attr])* #[test] fn $scenario() { super::$scenario("2") } )* }
+    };
+}
+
+on_every_containerd!(
+    exit_reasons,
+    stock_handler_reports_child_oom_as_exit_0,
+    exec_stats_two_containers_and_removal,
+    // Fails until the shim applies oom_group when the OOM killer takes an
+    // exec process (the exec's verdict publishes TaskOOM but nothing kills
+    // the container).
+    exec_oom_kills_the_container,
+    runsc_lifecycle,
+    runsc_pod_oom,
+);
+
+const MIB32: i64 = 32 << 20;
+const DD: &str = "dd if=/dev/zero of=/dev/null bs=100M count=1";
+
+fn reason(code: i32, reason: &str) -> (i32, String) {
+    (code, reason.to_string())
+}
+
+/// The four endings a kubelet tells apart, in one pod (so also: four
+/// containers in one pod, one shim for all of them).
+fn exit_reasons(version: &str) {
+    let c = Cri::start(version);
+    let tags = c.image_tags();
+    assert!(
+        tags.iter().any(|t| t == IMAGE) && tags.iter().any(|t| t == PAUSE_IMAGE),
+        "CRI images: {tags:?}"
+    );
+    let pod = c.run_pod("reasons", HANDLER);
+    let child_script = format!("{DD}; exit 0");
+    let oom = c.run_container(&pod, "oom", DD, Some(MIB32));
+    let child = c.run_container(&pod, "child-oom", &child_script, Some(MIB32));
+    let clean = c.run_container(&pod, "clean", "echo all-done", Some(MIB32));
+    let fails = c.run_container(&pod, "fails", "echo bad >&2; exit 1", None);
+    assert_eq!(c.exit_of(&oom), reason(137, "OOMKilled"));
+    assert_eq!(c.exit_of(&child), reason(137, "OOMKilled"));
+    assert_eq!(c.exit_of(&clean), reason(0, "Completed"));
+    assert_eq!(c.exit_of(&fails), reason(1, "Error"));
+    // The CRI container logs (stdout and stderr, tagged).
+    let log = c.container_log(&pod, "clean");
+    assert!(log.contains(" stdout F all-done"), "{log:?}");
+    let log = c.container_log(&pod, "fails");
+    assert!(log.contains(" stderr F bad"), "{log:?}");
+    c.remove_pod(&pod);
+    c.assert_clean();
+}
+
+/// `sh -c 'dd ...; exit 0'`: the stock handler reports the container
+/// terminated with exit code 0 although the OOM killer struck in it (reason
+/// `OOMKilled` or `Completed`, depending on a race); oomguard reports
+/// `OOMKilled` 137. (An OOM-killed init is 137 `OOMKilled` in both.)
+fn stock_handler_reports_child_oom_as_exit_0(version: &str) {
+    let c = Cri::start(version);
+    let child_script = format!("{DD}; exit 0");
+    let stock = c.run_pod("stock", STOCK_HANDLER);
+    let guarded = c.run_pod("guarded", HANDLER);
+    let stock_child = c.run_container(&stock, "child-oom", &child_script, Some(MIB32));
+    let stock_init = c.run_container(&stock, "init-oom", DD, Some(MIB32));
+    let child = c.run_container(&guarded, "child-oom", &child_script, Some(MIB32));
+    // The stock shim's TaskOOM races its TaskExit: containerd's CRI shows
+    // OOMKilled when the TaskOOM came first (usual here), else Completed;
+    // the exit code is 0 either way.
+    let (code, why) = c.exit_of(&stock_child);
+    assert_eq!(code, 0, "stock exit code ({why})");
+    assert!(
+        why == "OOMKilled" || why == "Completed",
+        "stock reason {why}"
+    );
+    assert_eq!(c.exit_of(&stock_init), reason(137, "OOMKilled"));
+    assert_eq!(c.exit_of(&child), reason(137, "OOMKilled"));
+    c.remove_pod(&stock);
+    c.remove_pod(&guarded);
+    c.assert_clean();
+}
+
+fn exec_stats_two_containers_and_removal(version: &str) {
+    let c = Cri::start(version);
+    let pod = c.run_pod("svc", HANDLER);
+    // A pod network from CNI (bridge in containerd's private namespace).
+    let ip = c.pod_status(&pod).network.map(|n| n.ip).unwrap_or_default();
+    assert!(ip.starts_with("10.88."), "pod IP {ip:?}");
+
+    let a = c.run_container(&pod, "a", "sleep 600", Some(MIB32));
+    let b = c.run_container(&pod, "b", "sleep 600", None);
+    let running = c.list_containers(&pod);
+    assert_eq!(running.len(), 2, "{running:?}");
+    assert!(running.iter().all(|x| x.state == 1), "{running:?}");
+    // oomguard serves a pod from one shim: sandbox and both containers.
+    assert_eq!(c.shim_pids().len(), 1, "one shim per pod");
+
+    let r = c.exec_sync(&a, &["sh", "-c", "echo from-a; echo err-a >&2; exit 3"], 10);
+    assert_eq!(
+        (
+            r.exit_code,
+            String::from_utf8_lossy(&r.stdout).to_string(),
+            String::from_utf8_lossy(&r.stderr).to_string()
+        ),
+        (3, "from-a\n".into(), "err-a\n".into())
+    );
+    let r = c.exec_sync(&b, &["hostname"], 10);
+    assert_eq!(String::from_utf8_lossy(&r.stdout), "svc\n");
+    let r = c.exec_sync(&b, &["ip", "-4", "addr", "show", "eth0"], 10);
+    let text = String::from_utf8_lossy(&r.stdout);
+    assert!(text.contains(&format!("inet {ip}/")), "{text}");
+    // ExecSync with a timeout that expires.
+    let started = std::time::Instant::now();
+    let r = c.call(
+        "ExecSync (timeout)",
+        c.runtime_client().exec_sync(k8s_cri::v1::ExecSyncRequest {
+            container_id: a.clone(),
+            cmd: vec!["sleep".into(), "30".into()],
+            timeout: 1,
+        }),
+    );
+    assert!(r.is_err(), "ExecSync past its timeout: {r:?}");
+    assert!(started.elapsed() < Duration::from_secs(30));
+
+    // ContainerStats from the shim's metrics.
+    let stats = c.container_stats(&a);
+    assert_eq!(
+        stats.attributes.as_ref().map(|x| x.id.as_str()),
+        Some(a.as_str())
+    );
+    let mem = stats.memory.expect("memory stats");
+    let ws = mem.working_set_bytes.map(|v| v.value).unwrap_or(0);
+    assert!(ws > 0 && ws < MIB32 as u64, "working set {ws}");
+
+    // StopContainer: sleep as PID 1 ignores SIGTERM, so SIGKILL after 1 s.
+    c.stop_container(&b, 1);
+    assert_eq!(c.exit_of(&b), reason(137, "Error"));
+    // The pod goes while `a` still runs.
+    c.remove_pod(&pod);
+    c.assert_clean();
+}
+
+/// An exec that the OOM killer takes: with oom_group (the default) the whole
+/// container goes, as on cgroup v2 with memory.oom.group (what Kubernetes
+/// sets): `OOMKilled` 137.
+fn exec_oom_kills_the_container(version: &str) {
+    let c = Cri::start(version);
+    let pod = c.run_pod("exec-oom", HANDLER);
+    let a = c.run_container(&pod, "a", "sleep 600", Some(MIB32));
+    let r = c.exec_sync(&a, &["sh", "-c", DD], 30);
+    assert_eq!(r.exit_code, 137, "the exec's own status");
+    assert_eq!(c.exit_of(&a), reason(137, "OOMKilled"));
+    c.remove_pod(&pod);
+    c.assert_clean();
+}
+
+/// The handler "oomguard-runsc" (ConfigPath -> runsc.toml: runsc, platform
+/// ptrace, network none): containers of one pod in one gVisor sandbox, the
+/// reasons a kubelet sees, ExecSync, removal.
+fn runsc_lifecycle(version: &str) {
+    ensure_runsc();
+    let c = Cri::start(version);
+    let pod = c.run_pod("gvisor", RUNSC_HANDLER);
+    let clean = c.run_container(&pod, "clean", "dmesg | grep -q gVisor", None);
+    assert_eq!(
+        c.exit_of(&clean),
+        reason(0, "Completed"),
+        "not under gVisor?"
+    );
+    let fails = c.run_container(&pod, "fails", "exit 1", None);
+    assert_eq!(c.exit_of(&fails), reason(1, "Error"));
+    let svc = c.run_container(&pod, "svc", "sleep 600", None);
+    let r = c.exec_sync(&svc, &["sh", "-c", "echo in-gvisor; exit 4"], 10);
+    assert_eq!(
+        (r.exit_code, String::from_utf8_lossy(&r.stdout).to_string()),
+        (4, "in-gvisor\n".to_string())
+    );
+    c.remove_pod(&pod);
+    c.assert_clean();
+}
+
+/// OOM under gVisor. The containers of a pod run in one sandbox, which
+/// lives in the pod's cgroup: a container's own limit is not the host's to
+/// enforce, the pod's is. So, as a kubelet does, each pod gets a pod-level
+/// cgroup with a limit (64 MiB; the containers ask for 32 MiB). An OOM kill
+/// there takes the sandbox, so the pod ends with its container; each case
+/// gets its own pod.
+fn runsc_pod_oom(version: &str) {
+    ensure_runsc();
+    let c = Cri::start(version);
+    let child_script = format!("{DD}; exit 0");
+    for (name, script) in [("oom", DD), ("child-oom", child_script.as_str())] {
+        let mut config = c.pod_config(&format!("gvisor-{name}"));
+        config.linux.as_mut().unwrap().cgroup_parent = c.pod_cgroup(2 * MIB32);
+        let pod = c.run_pod_with(config, RUNSC_HANDLER);
+        let id = c.run_container(&pod, name, script, Some(MIB32));
+        assert_eq!(c.exit_of(&id), reason(137, "OOMKilled"), "{name}");
+        c.remove_pod(&pod);
+    }
+    c.assert_clean();
+}
+
+/// The README's snippets (hack/cri/, hack/docker/) name the same handlers
+/// and config files as the tests use: RuntimeClass handlers are CRI runtimes
+/// in both containerd configs, every ConfigPath is /etc/oomguard/NAME with
+/// hack/cri/oomguard/NAME as its example.
+#[test]
+fn snippets_agree() {
+    let repo = oomguard_integration::harness::repo();
+    let read =
+        |p: &str| std::fs::read_to_string(repo.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
+    let handlers: Vec<String> = read("hack/cri/runtimeclass.yaml")
+        .lines()
+        .filter_map(|l| l.strip_prefix("handler: "))
+        .map(|h| h.trim().to_string())
+        .collect();
+    assert_eq!(handlers, [HANDLER, RUNSC_HANDLER]);
+    let mut config_paths = Vec::new();
+    for (file, plugin) in [
+        ("hack/cri/containerd-1.x.toml", "io.containerd.grpc.v1.cri"),
+        (
+            "hack/cri/containerd-2.x.toml",
+            "io.containerd.cri.v1.runtime",
+        ),
+    ] {
+        let text = read(file);
+        for h in &handlers {
+            let table = format!("[plugins.\"{plugin}\".containerd.runtimes.{h}]");
+            assert!(text.contains(&table), "{file} lacks {table}");
+        }
+        config_paths.extend(
+            text.lines()
+                .filter_map(|l| l.trim().strip_prefix("ConfigPath = "))
+                .map(|p| p.trim_matches('"').to_string()),
+        );
+    }
+    let daemon: serde_json::Value =
+        serde_json::from_str(&read("hack/docker/daemon.json")).expect("daemon.json");
+    for (name, rt) in daemon["runtimes"].as_object().expect("runtimes") {
+        assert_eq!(rt["runtimeType"], "io.containerd.oomguard.v2", "{name}");
+        if let Some(p) = rt["options"]["ConfigPath"].as_str() {
+            config_paths.push(p.to_string());
+        }
+    }
+    assert!(config_paths.len() >= 5, "{config_paths:?}");
+    for p in config_paths {
+        let name = p
+            .strip_prefix("/etc/oomguard/")
+            .unwrap_or_else(|| panic!("ConfigPath {p} is not under /etc/oomguard/"));
+        assert!(
+            repo.join("hack/cri/oomguard").join(name).is_file(),
+            "no example for {p} in hack/cri/oomguard/"
+        );
+    }
+}
