@@ -38,6 +38,8 @@ pub async fn init_exited(container: Arc<Container>, exit: Exit, publisher: Publi
     }
     container.init.io.lock().await.drain().await;
     // The verdict publishes a due TaskOOM and waits for containerd's answer.
+    // A Start in progress publishes TaskStart first.
+    let _started = container.init.starting.lock().await;
     let verdict = container.oom.settle(&exit, true).await;
     publish_exit(&container, &container.init, &exit, &verdict, &publisher);
 }

@@ -47,6 +47,9 @@ pub struct Process {
     inner: Mutex<Inner>,
     exit: watch::Sender<Option<ExitInfo>>,
     pub io: tokio::sync::Mutex<IoHandles>,
+    /// Held by Start until TaskStart is published: an exit reaped meanwhile
+    /// waits for it, so containerd never sees TaskExit before TaskStart.
+    pub starting: tokio::sync::Mutex<()>,
 }
 
 impl Process {
@@ -60,6 +63,7 @@ impl Process {
             }),
             exit: watch::channel(None).0,
             io: tokio::sync::Mutex::new(IoHandles::default()),
+            starting: tokio::sync::Mutex::new(()),
         }
     }
 

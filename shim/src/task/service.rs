@@ -148,6 +148,7 @@ impl Task for TaskService {
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> RpcResult<StartResponse> {
         let container = self.container(&req.id)?;
         let pid = if req.exec_id.is_empty() {
+            let _starting = container.init.starting.lock().await;
             let pid = container.start().await?;
             let mut ev = TaskStart::new();
             ev.container_id = req.id.clone();
