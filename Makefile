@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: all deps build release demo test unit integration lint bench clean
+.PHONY: all deps build release demo test test-v2-soak unit integration lint bench clean
 
 all: build
 
@@ -25,6 +25,10 @@ test: deps build lint
 
 unit: build
 	$(CARGO) test --workspace --bins --lib
+
+# The cgroup v2 lane's init-OOM case 200 times in a qemu VM (Debian's kernel).
+test-v2-soak: deps build
+	OOMGUARD_V2_SOAK=200 $(CARGO) test -p oomguard-integration --test cgroup_v2 -- --nocapture
 
 # oomguard beside the stock containerd-shim-runc-v2 in the same run (VER=1.7 or 2).
 VER ?= 1.7
