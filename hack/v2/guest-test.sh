@@ -355,7 +355,7 @@ for sc in $SCENARIOS; do
 		done
 		for p in $pids; do wait $p; done
 	fi
-	echo "OOMGUARD-STEP $sc $(awk -v a=$t0 -v b=$(now) 'BEGIN { printf "%.1f", b - a }')"
+	echo "OOMGUARD-STEP $sc $(awk -v a="$t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')"
 done
 
 # Let the last events arrive: every recorded container's /tasks/exit, then a
