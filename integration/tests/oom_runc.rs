@@ -52,7 +52,7 @@ fn init_oom(version: &str) {
         "oom_killed=true",
         "wait_status=\"killed by SIGKILL\"",
         "exit_status=137",
-        "counter=Some(1)",
+        "counter=1",
     ] {
         assert!(verdict.contains(evidence), "{evidence} missing: {verdict}");
     }

@@ -3,6 +3,7 @@
 
 mod config;
 mod events;
+mod inflight;
 mod lifecycle;
 mod metrics;
 mod oom;

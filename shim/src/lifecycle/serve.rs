@@ -9,7 +9,7 @@ use containerd_shim::Flags;
 use containerd_shim_protos::shim_async::create_task;
 use containerd_shim_protos::ttrpc::r#async::transport::Listener;
 use containerd_shim_protos::ttrpc::r#async::Server;
-use log::{error, info};
+use log::{error, info, warn};
 use oomguard_runtimes::reaper::reaper;
 
 use super::LISTENER_FD;
@@ -47,6 +47,7 @@ async fn serve(flags: &Flags, ttrpc_address: String) -> Result<(), String> {
     let publisher = Publisher::new(ttrpc_address, flags.namespace.clone());
     let service = Arc::new(TaskService::new(flags.namespace.clone(), publisher));
     let shutdown = service.shutdown.clone();
+    let inflight = service.inflight.clone();
     let mut server = Server::new()
         .add_listener(listener)
         .register_service(create_task(service));
@@ -69,7 +70,13 @@ async fn serve(flags: &Flags, ttrpc_address: String) -> Result<(), String> {
             _ = term.recv() => info!("serve: SIGTERM ignored; containerd ends a shim with Shutdown"),
         }
     }
-    // Let the Shutdown answer reach containerd before the socket goes.
+    // Answers still owed (a Kill whose exit led to this Shutdown) go out
+    // first: the server's shutdown drops running handlers.
+    let left = inflight.settle(std::time::Duration::from_secs(5)).await;
+    if left > 0 {
+        warn!("serve: shutting down with {left} RPC(s) unanswered after 5 s");
+    }
+    // Let the last answers reach containerd before the socket goes.
     tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     let _ = server.shutdown().await;
     if let Some(path) = flags.socket.strip_prefix("unix://") {

@@ -204,18 +204,42 @@ impl Memcg {
         }
     }
 
-    /// The cumulative count of processes the OOM killer took in this memcg.
-    pub fn oom_kills(&self) -> io::Result<u64> {
+    /// The cumulative OOM kill counters of this memcg.
+    pub fn oom_counters(&self) -> io::Result<OomCounters> {
         match self {
             Memcg::V1(p) => {
                 let text = std::fs::read_to_string(p.join("memory.oom_control"))?;
-                Ok(parse_oom_control(&text).oom_kill)
+                Ok(OomCounters {
+                    kills: parse_oom_control(&text).oom_kill,
+                    group_kills: 0,
+                })
             }
             Memcg::V2(p) => {
                 let text = std::fs::read_to_string(p.join("memory.events"))?;
                 let e = parse_memory_events(&text);
-                Ok(e.oom_kill.max(e.oom_group_kill))
+                Ok(OomCounters {
+                    kills: e.oom_kill,
+                    group_kills: e.oom_group_kill,
+                })
             }
+        }
+    }
+}
+
+/// A memcg's OOM kill counters. `kills` counts processes (a group kill
+/// counts each member); `group_kills` counts the kernel's whole-cgroup kills
+/// under `memory.oom.group` (v2 only; always 0 on v1).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OomCounters {
+    pub kills: u64,
+    pub group_kills: u64,
+}
+
+impl OomCounters {
+    pub fn since(self, baseline: OomCounters) -> OomCounters {
+        OomCounters {
+            kills: self.kills.saturating_sub(baseline.kills),
+            group_kills: self.group_kills.saturating_sub(baseline.group_kills),
         }
     }
 }
@@ -292,6 +316,6 @@ mod tests {
     fn own_memcg_resolves_here() {
         let m = Memcg::of_pid(std::process::id() as i32).unwrap();
         assert!(m.path().exists(), "{m:?}");
-        m.oom_kills().unwrap();
+        m.oom_counters().unwrap();
     }
 }

@@ -119,7 +119,7 @@ mod tests {
             .unwrap()
             .unwrap();
         let m = Memcg::V2(dir.clone());
-        assert_eq!(m.oom_kills().unwrap(), 1);
+        assert_eq!(m.oom_counters().unwrap().kills, 1);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

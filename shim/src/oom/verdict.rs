@@ -94,6 +94,24 @@ pub fn decide(e: &Evidence) -> Verdict {
     }
 }
 
+/// How many OOM episodes (one TaskOOM each) a container's kills make.
+///
+/// `kills` counts processes; one episode can take several: a kernel group
+/// kill (`memory.oom.group`, counted once in `group_kills`) takes every
+/// member, and with the shim's `oom_group` the first kill ends the whole
+/// container, so later kills before its exit are the same episode. Only
+/// without either is each kill its own episode (the kernel takes one
+/// victim per OOM).
+pub fn episodes(kills: u64, group_kills: u64, oom_group: bool) -> u64 {
+    // Where the kernel group-kills, every OOM in the memcg is a group kill.
+    let episodes = if group_kills > 0 { group_kills } else { kills };
+    if oom_group {
+        episodes.min(1)
+    } else {
+        episodes
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -231,5 +249,19 @@ mod tests {
             (v.oom_killed, v.oom_event, v.exit_status),
             (true, true, 137)
         );
+    }
+
+    #[test]
+    fn episodes_count_ooms_not_victims() {
+        // Kernel group kill of 3 processes, seen mid-way and at the end.
+        assert_eq!(episodes(1, 0, true), 1);
+        assert_eq!(episodes(3, 1, true), 1);
+        assert_eq!(episodes(3, 1, false), 1);
+        // oom_group: the first kill ends the container.
+        assert_eq!(episodes(2, 0, true), 1);
+        // Without any group kill each victim is one OOM.
+        assert_eq!(episodes(2, 0, false), 2);
+        assert_eq!(episodes(0, 0, false), 0);
+        assert_eq!(episodes(0, 0, true), 0);
     }
 }

@@ -18,9 +18,9 @@ use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 
 use super::kmsg::{self, Victim};
-use super::memcg::Memcg;
+use super::memcg::{Memcg, OomCounters};
 use super::notify::Notifier;
-use super::verdict::{decide, Evidence, Verdict};
+use super::verdict::{decide, episodes, Evidence, Verdict};
 use crate::events::{Event, Publisher};
 
 /// What raised a look at the counters.
@@ -43,7 +43,7 @@ pub struct OomWatch {
     memcg: Option<Memcg>,
     /// The memcg as the kernel log names it (relative to the hierarchy).
     memcg_rel: Option<String>,
-    baseline: Option<u64>,
+    baseline: Option<OomCounters>,
     oom_group: bool,
     /// OOM episodes already published as TaskOOM. Held while publishing, so
     /// the watch and the exit path never both publish one episode.
@@ -71,7 +71,7 @@ impl OomWatch {
                 (None, None)
             }
         };
-        let baseline = memcg.as_ref().and_then(|m| match m.oom_kills() {
+        let baseline = memcg.as_ref().and_then(|m| match m.oom_counters() {
             Ok(n) => Some(n),
             Err(e) => {
                 warn!(
@@ -157,11 +157,11 @@ impl OomWatch {
         self.memcg_rel.as_deref().is_some_and(|rel| v.in_memcg(rel))
     }
 
-    /// OOM kills since the baseline, by the counter or the kernel log.
-    fn kills(&self) -> (Option<u64>, u64) {
+    /// OOM kills since the baseline, by the counters or the kernel log.
+    fn kills(&self) -> (Option<OomCounters>, u64) {
         let counted = match (&self.memcg, self.baseline) {
-            (Some(m), Some(base)) => match m.oom_kills() {
-                Ok(n) => Some(n.saturating_sub(base)),
+            (Some(m), Some(base)) => match m.oom_counters() {
+                Ok(n) => Some(n.since(base)),
                 Err(e) => {
                     debug!("oom id={}: counter unreadable: {e}", self.id);
                     None
@@ -176,14 +176,16 @@ impl OomWatch {
     /// Returns whether a second look is due shortly.
     async fn look(&self, source: Source) -> bool {
         let (counted, logged) = self.kills();
-        let kills = counted.unwrap_or(0).max(logged);
+        let c = counted.unwrap_or_default();
+        let kills = c.kills.max(logged);
+        let due = episodes(kills, c.group_kills, self.oom_group);
         let mut published = self.published.lock().await;
-        if kills > *published {
+        if due > *published {
             info!(
-                "oom id={} source={source:?} oom_kills={kills} (counter={counted:?} kernel_log={logged}): publishing TaskOOM",
-                self.id
+                "oom id={} source={source:?} oom_kills={kills} group_kills={} (counter={} kernel_log={logged}) episodes={due}: publishing TaskOOM",
+                self.id, c.group_kills, show(counted)
             );
-            self.publish(&mut published, kills).await;
+            self.publish(&mut published, due).await;
             drop(published);
             if self.oom_group {
                 info!("oom id={}: oom_group: killing the whole container", self.id);
@@ -258,9 +260,10 @@ impl OomWatch {
             .find(|v| v.pid == exit.pid)
             .cloned();
         let notifications = self.notifications.load(Ordering::Relaxed);
-        let kills = counted.unwrap_or(0).max(logged);
+        let c = counted.unwrap_or_default();
+        let kills = c.kills.max(logged);
         let mut published = self.published.lock().await;
-        let episodes = kills.max(u64::from(
+        let episodes = episodes(kills, c.group_kills, self.oom_group).max(u64::from(
             notifications > 0 && exit.status.killed_by(libc::SIGKILL),
         ));
         let lost = self.runtime.status_unavailable(&exit.status);
@@ -285,11 +288,13 @@ impl OomWatch {
             .exit_evidence(&self.id)
             .unwrap_or_else(|| "-".into());
         info!(
-            "verdict id={} pid={} is_init={is_init} wait_status=\"{}\" oom_kills={kills} counter={counted:?} baseline={:?} kernel_log_victims={logged} victim={} notifications={notifications} already_published={} oom_group={} runtime={runtime_says} => oom_killed={} publish_oom={} exit_status={} ({})",
+            "verdict id={} pid={} is_init={is_init} wait_status=\"{}\" oom_kills={kills} counter={} group_kills={} baseline={} kernel_log_victims={logged} victim={} notifications={notifications} already_published={} oom_group={} runtime={runtime_says} => oom_killed={} publish_oom={} exit_status={} ({})",
             self.id,
             exit.pid,
             exit.status,
-            self.baseline,
+            show(counted),
+            c.group_kills,
+            show(self.baseline),
             victim
                 .as_ref()
                 .map(|v| format!("{}({}) anon_rss_kb={:?} task_memcg={} global={}", v.pid, v.comm, v.anon_rss_kb, v.task_memcg, v.is_global()))
@@ -314,4 +319,9 @@ impl OomWatch {
         }
         verdict
     }
+}
+
+/// A counter for the log: its kills, or why there is none.
+fn show(counters: Option<OomCounters>) -> String {
+    counters.map_or_else(|| "unreadable".into(), |c| c.kills.to_string())
 }

@@ -29,6 +29,7 @@ use tokio::sync::Notify;
 
 use crate::config::RuntimeConfig;
 use crate::events::{timestamp, Event, Publisher};
+use crate::inflight::InFlight;
 use crate::metrics;
 use crate::rpc::{self, RpcResult};
 use crate::stdio::StdioSpec;
@@ -42,6 +43,8 @@ pub struct TaskService {
     containers: Mutex<HashMap<String, Arc<Container>>>,
     /// Notified when the last container is gone and containerd said Shutdown.
     pub shutdown: Arc<Notify>,
+    /// RPCs whose answers must go out before the shim exits.
+    pub inflight: Arc<InFlight>,
 }
 
 impl TaskService {
@@ -51,6 +54,7 @@ impl TaskService {
             publisher,
             containers: Mutex::new(HashMap::new()),
             shutdown: Arc::new(Notify::new()),
+            inflight: Arc::new(InFlight::default()),
         }
     }
 
@@ -80,6 +84,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: CreateTaskRequest,
     ) -> RpcResult<CreateTaskResponse> {
+        let _rpc = self.inflight.enter();
         require_id(&req.id)?;
         if !req.checkpoint.is_empty() {
             return Err(rpc::unimplemented(
@@ -146,6 +151,7 @@ impl Task for TaskService {
     }
 
     async fn start(&self, _ctx: &TtrpcContext, req: StartRequest) -> RpcResult<StartResponse> {
+        let _rpc = self.inflight.enter();
         let container = self.container(&req.id)?;
         let pid = if req.exec_id.is_empty() {
             let _starting = container.init.starting.lock().await;
@@ -178,6 +184,7 @@ impl Task for TaskService {
     }
 
     async fn state(&self, _ctx: &TtrpcContext, req: StateRequest) -> RpcResult<StateResponse> {
+        let _rpc = self.inflight.enter();
         let container = self.container(&req.id)?;
         let process = container.process(&req.exec_id)?;
         let mut resp = StateResponse::new();
@@ -202,6 +209,7 @@ impl Task for TaskService {
     }
 
     async fn delete(&self, _ctx: &TtrpcContext, req: DeleteRequest) -> RpcResult<DeleteResponse> {
+        let _rpc = self.inflight.enter();
         let container = self.container(&req.id)?;
         let process = container.process(&req.exec_id)?;
         let state = process.state();
@@ -255,6 +263,7 @@ impl Task for TaskService {
     }
 
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> RpcResult<PidsResponse> {
+        let _rpc = self.inflight.enter();
         let container = self.container(&req.id)?;
         let pids = container
             .runtime
@@ -286,6 +295,7 @@ impl Task for TaskService {
     }
 
     async fn pause(&self, _ctx: &TtrpcContext, req: PauseRequest) -> RpcResult<Empty> {
+        let _rpc = self.inflight.enter();
         let container = self.container(&req.id)?;
         container
             .runtime
@@ -300,6 +310,7 @@ impl Task for TaskService {
     }
 
     async fn resume(&self, _ctx: &TtrpcContext, req: ResumeRequest) -> RpcResult<Empty> {
+        let _rpc = self.inflight.enter();
         let container = self.container(&req.id)?;
         container
             .runtime
@@ -314,6 +325,7 @@ impl Task for TaskService {
     }
 
     async fn kill(&self, _ctx: &TtrpcContext, req: KillRequest) -> RpcResult<Empty> {
+        let _rpc = self.inflight.enter();
         let container = self.container(&req.id)?;
         let process = container.process(&req.exec_id)?;
         if process.state() == State::Stopped {
@@ -353,6 +365,7 @@ impl Task for TaskService {
     }
 
     async fn exec(&self, _ctx: &TtrpcContext, req: ExecProcessRequest) -> RpcResult<Empty> {
+        let _rpc = self.inflight.enter();
         require_id(&req.exec_id).map_err(|_| rpc::invalid("exec_id: must not be empty"))?;
         let container = self.container(&req.id)?;
         if container.init.state() == State::Stopped {
@@ -391,6 +404,7 @@ impl Task for TaskService {
     }
 
     async fn resize_pty(&self, _ctx: &TtrpcContext, req: ResizePtyRequest) -> RpcResult<Empty> {
+        let _rpc = self.inflight.enter();
         let container = self.container(&req.id)?;
         let process = container.process(&req.exec_id)?;
         let io = process.io.lock().await;
@@ -407,6 +421,7 @@ impl Task for TaskService {
     }
 
     async fn close_io(&self, _ctx: &TtrpcContext, req: CloseIORequest) -> RpcResult<Empty> {
+        let _rpc = self.inflight.enter();
         let container = self.container(&req.id)?;
         let process = container.process(&req.exec_id)?;
         if req.stdin {
@@ -416,6 +431,7 @@ impl Task for TaskService {
     }
 
     async fn update(&self, _ctx: &TtrpcContext, req: UpdateTaskRequest) -> RpcResult<Empty> {
+        let _rpc = self.inflight.enter();
         let container = self.container(&req.id)?;
         let resources = req
             .resources
@@ -433,6 +449,7 @@ impl Task for TaskService {
     }
 
     async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> RpcResult<WaitResponse> {
+        let _rpc = self.inflight.enter();
         let container = self.container(&req.id)?;
         let process = container.process(&req.exec_id)?;
         let exit = process.wait().await;
@@ -443,6 +460,7 @@ impl Task for TaskService {
     }
 
     async fn stats(&self, _ctx: &TtrpcContext, req: StatsRequest) -> RpcResult<StatsResponse> {
+        let _rpc = self.inflight.enter();
         let container = self.container(&req.id)?;
         let pid = container.init.pid();
         if container.init.state() == State::Stopped {
@@ -463,6 +481,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: ConnectRequest,
     ) -> RpcResult<ConnectResponse> {
+        let _rpc = self.inflight.enter();
         let mut resp = ConnectResponse::new();
         resp.shim_pid = std::process::id();
         if let Ok(c) = self.container(&req.id) {
@@ -487,6 +506,7 @@ impl Task for TaskService {
         _ctx: &TtrpcContext,
         req: containerd_shim_protos::api::CheckpointTaskRequest,
     ) -> RpcResult<Empty> {
+        let _rpc = self.inflight.enter();
         Err(rpc::unimplemented(format!(
             "checkpoint of {}: not implemented by oomguard",
             req.id
