@@ -39,36 +39,11 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 MARKER=.oomguard-containerd
 
-usage() {
-	sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
-	exit "${1:-0}"
-}
-
-abs_dir() { # DIR (need not exist) -> absolute path, without trailing slash
-	local d=$1
-	[[ -n $d ]] || die "empty DIR"
-	[[ $d == /* ]] || d="$PWD/$d"
-	d=$(realpath -m -- "$d")
-	[[ $d != / ]] || die "refusing to use / as DIR"
-	printf '%s\n' "$d"
-}
-
 check_ver() {
 	case $1 in
 	1.6 | 1.7 | 2) ;;
 	*) die "unknown containerd version '$1' (expected 1.6, 1.7 or 2)" ;;
 	esac
-}
-
-# pid of the containerd running for DIR, or nothing.
-running_pid() {
-	local dir=$1 pid
-	[[ -f $dir/containerd.pid ]] || return 0
-	pid=$(<"$dir/containerd.pid")
-	[[ $pid =~ ^[0-9]+$ ]] || return 0
-	if [[ -r /proc/$pid/cmdline ]] && tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "$dir/config.toml"; then
-		printf '%s\n' "$pid"
-	fi
 }
 
 toml_str() { # TOML basic string
@@ -89,9 +64,9 @@ write_config() {
 	local sandbox=${OOMGUARD_SANDBOX_IMAGE:-}
 	{
 		echo "# Written by hack/containerd.sh for containerd $ver; rewritten on every start."
-		if [[ $ver == 2 ]]; then
-			cat <<EOF
-version = 3
+		# The same for every version but the config's own version number.
+		cat <<EOF
+version = $([[ $ver == 2 ]] && echo 3 || echo 2)
 root = $(toml_str "$dir/root")
 state = $(toml_str "$dir/state")
 temp = $(toml_str "$dir/tmp")
@@ -109,6 +84,9 @@ oom_score = 0
 [plugins]
   [plugins."io.containerd.internal.v1.opt"]
     path = $(toml_str "$dir/opt")
+EOF
+		if [[ $ver == 2 ]]; then
+			cat <<EOF
 
   [plugins."io.containerd.nri.v1.nri"]
     socket_path = $(toml_str "$dir/nri.sock")
@@ -145,24 +123,6 @@ EOF
 			fi
 		else
 			cat <<EOF
-version = 2
-root = $(toml_str "$dir/root")
-state = $(toml_str "$dir/state")
-temp = $(toml_str "$dir/tmp")
-oom_score = 0
-
-[grpc]
-  address = $(toml_str "$sock")
-
-[ttrpc]
-  address = $(toml_str "$sock.ttrpc")
-
-[debug]
-  level = "debug"
-
-[plugins]
-  [plugins."io.containerd.internal.v1.opt"]
-    path = $(toml_str "$dir/opt")
 
   [plugins."io.containerd.grpc.v1.cri"]
     restrict_oom_score_adj = true
@@ -233,7 +193,7 @@ cmd_start() {
 	((${#sock} + 6 < 108)) || die "DIR is too long for a unix socket path: $sock.ttrpc"
 
 	local pid
-	pid=$(running_pid "$dir")
+	pid=$(daemon_pid "$dir/containerd.pid" "$dir/config.toml")
 	if [[ -n $pid ]]; then
 		local have
 		have=$(cat "$dir/version" 2>/dev/null || echo '?')
@@ -293,15 +253,6 @@ cmd_start() {
 }
 
 # ---------------------------------------------------------------- stop helpers
-
-# A process exists and is not a zombie (PID 1 here reaps orphans late, and
-# kill -0 succeeds on zombies).
-alive() {
-	local st
-	st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-	st=${st##*) }
-	[[ ${st:0:1} != Z ]]
-}
 
 # pids of the shims started for DIR: a "-address DIR/containerd.sock" argument
 # pair, or a containerd-shim* binary whose cwd is under DIR.
@@ -376,24 +327,6 @@ bundle_cgroups() {
 	done < <(bundles "$1")
 }
 
-# Mount points of cgroup hierarchies (v1 controllers and v2).
-cgroup_mounts() {
-	awk '{ for (i = 7; i <= NF; i++) if ($i == "-") break; if ($(i + 1) == "cgroup" || $(i + 1) == "cgroup2") print $5 }' /proc/self/mountinfo
-}
-
-unescape_mount() { # mountinfo escapes space, tab, newline, backslash as \ooo
-	printf '%b' "${1//\\/\\0}"
-}
-
-mounts_under() { # DIR -> mount points at or under DIR, deepest/latest first
-	local dir=$1 mp
-	awk '{ print $5 }' /proc/self/mountinfo | tac | while IFS= read -r mp; do
-		mp=$(unescape_mount "$mp")
-		[[ $mp == "$dir" || $mp == "$dir"/* ]] && printf '%s\n' "$mp"
-	done
-	return 0
-}
-
 cmd_stop() {
 	(($# == 1)) || usage 2 >&2
 	local dir
@@ -405,7 +338,7 @@ cmd_stop() {
 	local sock="$dir/containerd.sock" ver bin="" pid
 	ver=$(cat "$dir/version" 2>/dev/null || true)
 	if [[ -n $ver ]]; then bin=$(containerd_bin_dir "$ver"); fi
-	pid=$(running_pid "$dir")
+	pid=$(daemon_pid "$dir/containerd.pid" "$dir/config.toml")
 
 	# What belongs to DIR, read before anything is removed.
 	local -a cgroups=() all_cgroups=() namespaces=() sockets=()
@@ -458,20 +391,7 @@ cmd_stop() {
 
 	# 2. containerd: SIGTERM, 10 s, SIGKILL.
 	if [[ -n $pid ]]; then
-		kill -TERM "$pid" 2>/dev/null || true
-		local i
-		for ((i = 0; i < 100; i++)); do
-			alive "$pid" || break
-			sleep 0.1
-		done
-		if alive "$pid"; then
-			warn "containerd (pid $pid) ignored SIGTERM for 10 s: SIGKILL"
-			kill -KILL "$pid" 2>/dev/null || true
-			for ((i = 0; i < 50; i++)); do
-				alive "$pid" || break
-				sleep 0.1
-			done
-		fi
+		stop_pid containerd "$pid" 10
 	fi
 	rm -f "$dir/containerd.pid"
 

@@ -35,20 +35,6 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 MARKER=.oomguard-dockerd
 IMAGE=oomguard/busybox:local
 
-usage() {
-	sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
-	exit "${1:-0}"
-}
-
-abs_dir() {
-	local d=$1
-	[[ -n $d ]] || die "empty DIR"
-	[[ $d == /* ]] || d="$PWD/$d"
-	d=$(realpath -m -- "$d")
-	[[ $d != / ]] || die "refusing to use / as DIR"
-	printf '%s\n' "$d"
-}
-
 bin_dir() {
 	case $1 in
 	26 | 28) printf '%s\n' "$CACHE/docker/$1/bin" ;;
@@ -60,28 +46,6 @@ bin_dir() {
 # instances never share it and stop removes only its own).
 cgroup_parent() {
 	printf 'oomguard-docker-%s\n' "$(printf '%s' "$1" | sha256sum | cut -c1-12)"
-}
-
-cgroup_mounts() {
-	awk '{ for (i = 7; i <= NF; i++) if ($i == "-") break; if ($(i + 1) == "cgroup" || $(i + 1) == "cgroup2") print $5 }' /proc/self/mountinfo
-}
-
-# pid of the dockerd running for DIR, or nothing.
-running_pid() {
-	local dir=$1 pid
-	[[ -f $dir/docker.pid ]] || return 0
-	pid=$(<"$dir/docker.pid")
-	[[ $pid =~ ^[0-9]+$ ]] || return 0
-	if [[ -r /proc/$pid/cmdline ]] && tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "$dir/daemon.json"; then
-		printf '%s\n' "$pid"
-	fi
-}
-
-alive() {
-	local st
-	st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
-	st=${st##*) }
-	[[ ${st:0:1} != Z ]]
 }
 
 # Does overlayfs work in DIR (the data root's file system)?
@@ -108,7 +72,7 @@ cmd_start() {
 	((${#sock} < 100)) || die "DIR is too long for a unix socket path: $sock"
 
 	local pid
-	pid=$(running_pid "$dir")
+	pid=$(daemon_pid "$dir/docker.pid" "$dir/daemon.json")
 	if [[ -n $pid ]]; then
 		[[ $(cat "$dir/version" 2>/dev/null) == "$ver" ]] || die "another docker version is already running for $dir (pid $pid)"
 		printf '%s\n' "$sock"
@@ -172,15 +136,6 @@ cmd_start() {
 	exit 1
 }
 
-mounts_under() { # DIR -> mount points at or under DIR, latest first
-	local dir=$1 mp
-	awk '{ print $5 }' /proc/self/mountinfo | tac | while IFS= read -r mp; do
-		mp=$(printf '%b' "${mp//\\/\\0}")
-		[[ $mp == "$dir" || $mp == "$dir"/* ]] && printf '%s\n' "$mp"
-	done
-	return 0
-}
-
 cmd_stop() {
 	(($# == 1)) || usage 2 >&2
 	local dir
@@ -191,7 +146,7 @@ cmd_stop() {
 	local ver pid bin="" sock="$dir/docker.sock"
 	ver=$(cat "$dir/version" 2>/dev/null || true)
 	[[ -z $ver ]] || bin=$(bin_dir "$ver")
-	pid=$(running_pid "$dir")
+	pid=$(daemon_pid "$dir/docker.pid" "$dir/daemon.json")
 
 	if [[ -n $pid && -n $bin && -S $sock ]]; then
 		local -a ids=()
@@ -201,20 +156,7 @@ cmd_stop() {
 		fi
 	fi
 	if [[ -n $pid ]]; then
-		kill -TERM "$pid" 2>/dev/null || true
-		local i
-		for ((i = 0; i < 150; i++)); do
-			alive "$pid" || break
-			sleep 0.1
-		done
-		if alive "$pid"; then
-			warn "dockerd (pid $pid) ignored SIGTERM for 15 s: SIGKILL"
-			kill -KILL "$pid" 2>/dev/null || true
-			for ((i = 0; i < 50; i++)); do
-				alive "$pid" || break
-				sleep 0.1
-			done
-		fi
+		stop_pid dockerd "$pid" 15
 	fi
 
 	local m round

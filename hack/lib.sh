@@ -53,3 +53,73 @@ containerd_bin_dir() {
 	*) die "unknown containerd version '$1' (expected 1.6, 1.7 or 2)" ;;
 	esac
 }
+
+# usage [STATUS]: print the script's header comment (its help) and exit.
+usage() {
+	sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
+	exit "${1:-0}"
+}
+
+abs_dir() { # DIR (need not exist) -> absolute path, without trailing slash
+	local d=$1
+	[[ -n $d ]] || die "empty DIR"
+	[[ $d == /* ]] || d="$PWD/$d"
+	d=$(realpath -m -- "$d")
+	[[ $d != / ]] || die "refusing to use / as DIR"
+	printf '%s\n' "$d"
+}
+
+# A process exists and is not a zombie (PID 1 here reaps orphans late, and
+# kill -0 succeeds on zombies).
+alive() {
+	local st
+	st=$(cat "/proc/$1/stat" 2>/dev/null) || return 1
+	st=${st##*) }
+	[[ ${st:0:1} != Z ]]
+}
+
+# daemon_pid PIDFILE ARG: the pid in PIDFILE if that process is still the
+# daemon started with ARG (its config file) on its command line, else nothing.
+daemon_pid() {
+	local pidfile=$1 arg=$2 pid
+	[[ -f $pidfile ]] || return 0
+	pid=$(<"$pidfile")
+	[[ $pid =~ ^[0-9]+$ ]] || return 0
+	if [[ -r /proc/$pid/cmdline ]] && tr '\0' '\n' <"/proc/$pid/cmdline" 2>/dev/null | grep -qxF -- "$arg"; then
+		printf '%s\n' "$pid"
+	fi
+}
+
+# stop_pid NAME PID SECONDS: SIGTERM, wait up to SECONDS, then SIGKILL.
+stop_pid() {
+	local name=$1 pid=$2 i
+	kill -TERM "$pid" 2>/dev/null || true
+	for ((i = 0; i < $3 * 10; i++)); do
+		alive "$pid" || return 0
+		sleep 0.1
+	done
+	warn "$name (pid $pid) ignored SIGTERM for $3 s: SIGKILL"
+	kill -KILL "$pid" 2>/dev/null || true
+	for ((i = 0; i < 50; i++)); do
+		alive "$pid" || return 0
+		sleep 0.1
+	done
+}
+
+# Mount points of cgroup hierarchies (v1 controllers and v2).
+cgroup_mounts() {
+	awk '{ for (i = 7; i <= NF; i++) if ($i == "-") break; if ($(i + 1) == "cgroup" || $(i + 1) == "cgroup2") print $5 }' /proc/self/mountinfo
+}
+
+unescape_mount() { # mountinfo escapes space, tab, newline, backslash as \ooo
+	printf '%b' "${1//\\/\\0}"
+}
+
+mounts_under() { # DIR -> mount points at or under DIR, deepest/latest first
+	local dir=$1 mp
+	awk '{ print $5 }' /proc/self/mountinfo | tac | while IFS= read -r mp; do
+		mp=$(unescape_mount "$mp")
+		[[ $mp == "$dir" || $mp == "$dir"/* ]] && printf '%s\n' "$mp"
+	done
+	return 0
+}

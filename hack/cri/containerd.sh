@@ -29,20 +29,6 @@ set -euo pipefail
 # shellcheck source=hack/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
-usage() {
-	sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
-	exit "${1:-0}"
-}
-
-abs_dir() {
-	local d=$1
-	[[ -n $d ]] || die "empty DIR"
-	[[ $d == /* ]] || d="$PWD/$d"
-	d=$(realpath -m -- "$d")
-	[[ $d != / ]] || die "refusing to use / as DIR"
-	printf '%s\n' "$d"
-}
-
 netns_name() {
 	printf 'oomguard-%s\n' "$(printf '%s' "$1" | sha256sum | cut -c1-12)"
 }

@@ -5,9 +5,8 @@
 //! kubelet makes.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -16,7 +15,7 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 
-use crate::harness::repo;
+use crate::harness::{hack, hack_stop, instance_dir, shim_dir, unique};
 
 /// Handlers registered by `hack/cri/containerd-*.toml` (and the stock one).
 pub const HANDLER: &str = "oomguard";
@@ -27,8 +26,6 @@ pub const IMAGE: &str = "localhost/oomguard/busybox:1";
 pub const PAUSE_IMAGE: &str = "localhost/oomguard/pause:1";
 /// The containerd versions CRI is tested on.
 pub const VERSIONS: [&str; 2] = ["1.7", "2"];
-
-static NEXT: AtomicUsize = AtomicUsize::new(0);
 
 /// A pod as the tests made it: its id and the config it was made with
 /// (CreateContainer wants the config again).
@@ -57,32 +54,17 @@ impl Cri {
     /// Starts containerd `version` for CRI and waits until CRI reports the
     /// runtime and the network ready.
     pub fn start(version: &str) -> Cri {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = PathBuf::from(format!(
-            "/tmp/oomguard-it/cri{version}-{}-{n}",
-            std::process::id()
+        let dir = instance_dir(&format!("cri{version}"));
+        let socket = PathBuf::from(hack(
+            "cri/containerd.sh",
+            &[
+                OsStr::new("start"),
+                version.as_ref(),
+                dir.as_ref(),
+                shim_dir().as_ref(),
+            ],
+            &format!("containerd {version} (CRI) did not start"),
         ));
-        let shim_dir = std::env::var("OOMGUARD_SHIM_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| repo().join("target/debug"));
-        assert!(
-            shim_dir.join("containerd-shim-oomguard-v2").exists(),
-            "build the shim first (cargo build): {} has no containerd-shim-oomguard-v2",
-            shim_dir.display()
-        );
-        let out = Command::new(repo().join("hack/cri/containerd.sh"))
-            .arg("start")
-            .arg(version)
-            .arg(&dir)
-            .arg(&shim_dir)
-            .output()
-            .expect("run hack/cri/containerd.sh");
-        assert!(
-            out.status.success(),
-            "containerd {version} (CRI) did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        let socket = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -186,7 +168,7 @@ impl Cri {
     /// The pod config a kubelet would send for a plain pod: its own network
     /// namespace (CNI) and, per container, its own PID namespace.
     pub fn pod_config(&self, name: &str) -> PodSandboxConfig {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let n = unique();
         let logs = self.dir.join(format!("pods/{name}-{n}"));
         std::fs::create_dir_all(&logs).expect("pod log directory");
         PodSandboxConfig {
@@ -220,7 +202,7 @@ impl Cri {
     /// other controllers' directories. Returns the path for
     /// `LinuxPodSandboxConfig.cgroup_parent`; removed when the instance stops.
     pub fn pod_cgroup(&self, memory_limit: i64) -> String {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
+        let n = unique();
         let name = format!("/oomguard-pod-{}-{n}", std::process::id());
         let dir = format!("/sys/fs/cgroup/memory{name}");
         std::fs::create_dir(&dir).unwrap_or_else(|e| panic!("mkdir {dir}: {e}"));
@@ -532,10 +514,7 @@ impl Cri {
             return;
         }
         self.stopped = true;
-        let _ = Command::new(repo().join("hack/cri/containerd.sh"))
-            .arg("stop")
-            .arg(&self.dir)
-            .output();
+        hack_stop("cri/containerd.sh", &self.dir);
         for name in self.pod_cgroups.lock().unwrap().drain(..) {
             for entry in std::fs::read_dir("/sys/fs/cgroup")
                 .into_iter()
@@ -561,13 +540,5 @@ impl Drop for Cri {
 
 /// `hack/deps.sh runsc` (gVisor's runsc on PATH): quick when it is there.
 pub fn ensure_runsc() {
-    let out = Command::new(repo().join("hack/deps.sh"))
-        .arg("runsc")
-        .output()
-        .expect("run hack/deps.sh runsc");
-    assert!(
-        out.status.success(),
-        "hack/deps.sh runsc: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    hack("deps.sh", &["runsc"], "hack/deps.sh runsc");
 }

@@ -2,15 +2,15 @@
 //! containerd (`harness::Containerd`), and what tests read through the docker
 //! CLI: `docker inspect`, `docker events`, `docker stats`.
 
+use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Once;
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{repo, run_with_timeout, Containerd};
+use crate::harness::{hack, hack_stop, instance_dir, repo, run_with_timeout, Containerd};
 
 /// Docker versions under test, each with the containerd Debian pairs it with
 /// (trixie: docker.io 26 + containerd 1.7; sid: docker.io 28 + containerd 2.x).
@@ -19,7 +19,6 @@ pub const PAIRS: [(&str, &str); 2] = [("26", "1.7"), ("28", "2")];
 /// The image `hack/dockerd.sh image` imports (busybox, no registry).
 pub const IMAGE: &str = "oomguard/busybox:local";
 
-static NEXT: AtomicUsize = AtomicUsize::new(0);
 static DEPS: Once = Once::new();
 
 /// `hack/deps.sh docker` (and `runsc` when asked): quick when all is there.
@@ -31,15 +30,7 @@ pub fn ensure_deps(extra: &[&str]) {
 }
 
 fn deps(args: &[&str]) {
-    let out = Command::new(repo().join("hack/deps.sh"))
-        .args(args)
-        .output()
-        .expect("run hack/deps.sh");
-    assert!(
-        out.status.success(),
-        "hack/deps.sh {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    hack("deps.sh", args, &format!("hack/deps.sh {args:?}"));
 }
 
 pub struct Dockerd {
@@ -59,22 +50,16 @@ impl Dockerd {
     pub fn start(version: &str, containerd_version: &str) -> Dockerd {
         ensure_deps(&[]);
         let containerd = Containerd::start(containerd_version);
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = PathBuf::from(format!(
-            "/tmp/oomguard-it/docker{version}-{}-{n}",
-            std::process::id()
-        ));
-        let out = Command::new(repo().join("hack/dockerd.sh"))
-            .arg("start")
-            .arg(version)
-            .arg(&dir)
-            .arg(&containerd.socket)
-            .output()
-            .expect("run hack/dockerd.sh");
-        assert!(
-            out.status.success(),
-            "dockerd {version} did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let dir = instance_dir(&format!("docker{version}"));
+        hack(
+            "dockerd.sh",
+            &[
+                OsStr::new("start"),
+                version.as_ref(),
+                dir.as_ref(),
+                containerd.socket.as_ref(),
+            ],
+            &format!("dockerd {version} did not start"),
         );
         let mut d = Dockerd {
             version: version.to_string(),
@@ -85,17 +70,11 @@ impl Dockerd {
             containerd,
             stopped: false,
         };
-        let out = Command::new(repo().join("hack/dockerd.sh"))
-            .arg("image")
-            .arg(&d.dir)
-            .output()
-            .expect("run hack/dockerd.sh image");
-        assert!(
-            out.status.success(),
-            "docker image import: {}",
-            String::from_utf8_lossy(&out.stderr)
+        d.image = hack(
+            "dockerd.sh",
+            &[OsStr::new("image"), d.dir.as_ref()],
+            "docker image import",
         );
-        d.image = String::from_utf8_lossy(&out.stdout).trim().to_string();
         d
     }
 
@@ -280,10 +259,7 @@ impl Dockerd {
             return;
         }
         self.stopped = true;
-        let _ = Command::new(repo().join("hack/dockerd.sh"))
-            .arg("stop")
-            .arg(&self.dir)
-            .output();
+        hack_stop("dockerd.sh", &self.dir);
         self.containerd.stop();
     }
 }

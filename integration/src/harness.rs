@@ -1,6 +1,7 @@
 //! Private containerd instances (started by `hack/containerd.sh`) and the
 //! observations tests make through them: ctr, the event stream, leftovers.
 
+use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -20,17 +21,60 @@ pub fn repo() -> PathBuf {
         .to_path_buf()
 }
 
-/// The busybox rootfs made by `hack/rootfs.sh`.
-pub fn rootfs() -> PathBuf {
-    let out = Command::new(repo().join("hack/rootfs.sh"))
+/// Runs `hack/SCRIPT ARGS...` and returns its stdout, trimmed; a failure
+/// panics with `what` and the script's stderr.
+pub fn hack<S: AsRef<OsStr>>(script: &str, args: &[S], what: &str) -> String {
+    let out = Command::new(repo().join("hack").join(script))
+        .args(args)
         .output()
-        .expect("run hack/rootfs.sh");
+        .unwrap_or_else(|e| panic!("run hack/{script}: {e}"));
     assert!(
         out.status.success(),
-        "hack/rootfs.sh: {}",
+        "{what}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    PathBuf::from(String::from_utf8_lossy(&out.stdout).trim())
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// Runs `hack/SCRIPT stop DIR` for a teardown, whatever comes of it.
+pub fn hack_stop(script: &str, dir: &Path) {
+    let _ = Command::new(repo().join("hack").join(script))
+        .arg("stop")
+        .arg(dir)
+        .output();
+}
+
+/// A number no other call in this test process gets (directory and object
+/// names).
+pub fn unique() -> usize {
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A directory of its own for one private daemon of this test process.
+pub fn instance_dir(name: &str) -> PathBuf {
+    PathBuf::from(format!(
+        "/tmp/oomguard-it/{name}-{}-{}",
+        std::process::id(),
+        unique()
+    ))
+}
+
+/// Where the shim under test is: `OOMGUARD_SHIM_DIR`, else `target/debug`.
+pub fn shim_dir() -> PathBuf {
+    let shim_dir = std::env::var("OOMGUARD_SHIM_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| repo().join("target/debug"));
+    assert!(
+        shim_dir.join("containerd-shim-oomguard-v2").exists(),
+        "build the shim first (cargo build): {} has no containerd-shim-oomguard-v2",
+        shim_dir.display()
+    );
+    shim_dir
+}
+
+/// The busybox rootfs made by `hack/rootfs.sh`.
+pub fn rootfs() -> PathBuf {
+    PathBuf::from(hack::<&str>("rootfs.sh", &[], "hack/rootfs.sh"))
 }
 
 /// The containerd versions the product supports, as `hack/` names them.
@@ -47,31 +91,16 @@ pub struct Containerd {
 
 impl Containerd {
     pub fn start(version: &str) -> Containerd {
-        let n = NEXT.fetch_add(1, Ordering::Relaxed);
-        let dir = PathBuf::from(format!(
-            "/tmp/oomguard-it/{}-{}-{n}",
-            version,
-            std::process::id()
-        ));
-        let shim_dir = std::env::var("OOMGUARD_SHIM_DIR")
-            .map(PathBuf::from)
-            .unwrap_or_else(|_| repo().join("target/debug"));
-        assert!(
-            shim_dir.join("containerd-shim-oomguard-v2").exists(),
-            "build the shim first (cargo build): {} has no containerd-shim-oomguard-v2",
-            shim_dir.display()
-        );
-        let out = Command::new(repo().join("hack/containerd.sh"))
-            .arg("start")
-            .arg(version)
-            .arg(&dir)
-            .arg(&shim_dir)
-            .output()
-            .expect("run hack/containerd.sh");
-        assert!(
-            out.status.success(),
-            "containerd {version} did not start: {}",
-            String::from_utf8_lossy(&out.stderr)
+        let dir = instance_dir(version);
+        hack(
+            "containerd.sh",
+            &[
+                OsStr::new("start"),
+                version.as_ref(),
+                dir.as_ref(),
+                shim_dir().as_ref(),
+            ],
+            &format!("containerd {version} did not start"),
         );
         Containerd {
             version: version.to_string(),
@@ -188,10 +217,7 @@ impl Containerd {
             return;
         }
         self.stopped = true;
-        let _ = Command::new(repo().join("hack/containerd.sh"))
-            .arg("stop")
-            .arg(&self.dir)
-            .output();
+        hack_stop("containerd.sh", &self.dir);
     }
 
     pub fn log(&self) -> String {

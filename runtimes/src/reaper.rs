@@ -86,7 +86,7 @@ struct Table {
     /// between `runc create` returning and the shim reading its pid file.
     early: HashMap<i32, Exit>,
     /// Claims in progress; early exits are kept only while one is.
-    expecting: usize,
+    holds: usize,
 }
 
 pub struct Reaper {
@@ -155,7 +155,7 @@ impl Reaper {
             for tx in txs {
                 let _ = tx.send(exit);
             }
-        } else if table.expecting > 0 {
+        } else if table.holds > 0 {
             table.early.insert(exit.pid, exit);
         } else {
             debug!("reaper: pid={} {} (no owner)", exit.pid, exit.status);
@@ -175,7 +175,7 @@ impl Reaper {
     }
 
     /// Claims a pid learned after the fact (a container init read from its
-    /// pid file). Call while holding an [`ExpectGuard`] taken before the
+    /// pid file). Call while holding an [`EarlyExitHold`] taken before the
     /// process was started.
     pub fn watch(&self, pid: i32) -> ExitReceiver {
         let mut table = self.lock();
@@ -192,21 +192,21 @@ impl Reaper {
     }
 
     /// Keeps exits of unclaimed pids while a process is being started.
-    pub fn expect(&'static self) -> ExpectGuard {
-        self.lock().expecting += 1;
-        ExpectGuard { reaper: self }
+    pub fn hold_early_exits(&'static self) -> EarlyExitHold {
+        self.lock().holds += 1;
+        EarlyExitHold { reaper: self }
     }
 }
 
-pub struct ExpectGuard {
+pub struct EarlyExitHold {
     reaper: &'static Reaper,
 }
 
-impl Drop for ExpectGuard {
+impl Drop for EarlyExitHold {
     fn drop(&mut self) {
         let mut table = self.reaper.lock();
-        table.expecting = table.expecting.saturating_sub(1);
-        if table.expecting == 0 {
+        table.holds = table.holds.saturating_sub(1);
+        if table.holds == 0 {
             table.early.clear();
         }
     }

@@ -9,7 +9,9 @@ use containerd_shim_protos::cgroups_v2::metrics as v2;
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
 use containerd_shim_protos::protobuf::{Message, MessageField};
 
-use crate::oom::memcg::{parse_memory_events, parse_mountinfo, parse_oom_control, v1_dir, Memcg};
+use crate::oom::memcg::{
+    key_values, parse_memory_events, parse_mountinfo, parse_oom_control, v1_dir, Memcg,
+};
 
 pub fn collect(pid: i32) -> Result<Any, String> {
     let memcg = Memcg::of_pid(pid).map_err(|e| e.to_string())?;
@@ -42,14 +44,8 @@ fn read_u64(path: &Path) -> Option<u64> {
 
 /// `key value` lines (memory.stat, cpu.stat) as pairs.
 fn flat_keyed(path: &Path) -> Vec<(String, u64)> {
-    std::fs::read_to_string(path)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| {
-            let (k, v) = l.split_once(' ')?;
-            Some((k.to_string(), v.trim().parse().ok()?))
-        })
-        .collect()
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    key_values(&text).map(|(k, v)| (k.to_string(), v)).collect()
 }
 
 fn v1_entry(dir: &Path, prefix: &str) -> v1::MemoryEntry {
@@ -176,11 +172,7 @@ fn v2_metrics(dir: &Path) -> Result<v2::Metrics, String> {
     mem.usage_limit = read_u64(&dir.join("memory.max")).unwrap_or(u64::MAX);
     mem.swap_usage = read_u64(&dir.join("memory.swap.current")).unwrap_or(0);
     if let Ok(stat) = std::fs::read_to_string(dir.join("memory.stat")) {
-        for line in stat.lines() {
-            let mut it = line.split_whitespace();
-            let (Some(k), Some(Ok(v))) = (it.next(), it.next().map(str::parse::<u64>)) else {
-                continue;
-            };
+        for (k, v) in key_values(&stat) {
             match k {
                 "anon" => mem.anon = v,
                 "file" => mem.file = v,
@@ -217,11 +209,7 @@ fn v2_metrics(dir: &Path) -> Result<v2::Metrics, String> {
     m.pids = MessageField::some(pids);
     if let Ok(stat) = std::fs::read_to_string(dir.join("cpu.stat")) {
         let mut cpu = v2::CPUStat::new();
-        for line in stat.lines() {
-            let mut it = line.split_whitespace();
-            let (Some(k), Some(Ok(v))) = (it.next(), it.next().map(str::parse::<u64>)) else {
-                continue;
-            };
+        for (k, v) in key_values(&stat) {
             match k {
                 "usage_usec" => cpu.usage_usec = v,
                 "user_usec" => cpu.user_usec = v,

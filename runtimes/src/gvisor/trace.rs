@@ -569,7 +569,7 @@ impl<'a> Reader<'a> {
         }
     }
 
-    fn expect(&self, field: u32, wt: u8, want: u8) -> Result<(), DecodeError> {
+    fn check_wire_type(&self, field: u32, wt: u8, want: u8) -> Result<(), DecodeError> {
         if wt == want {
             Ok(())
         } else {
@@ -583,27 +583,27 @@ impl<'a> Reader<'a> {
     // Scalar decoders follow protobuf's rules: int32/uint32 truncate the
     // 64-bit varint (negative int32s are sent sign-extended to 10 bytes).
     fn int32(&mut self, field: u32, wt: u8) -> Result<i32, DecodeError> {
-        self.expect(field, wt, WT_VARINT)?;
+        self.check_wire_type(field, wt, WT_VARINT)?;
         Ok(self.varint()? as i32)
     }
 
     fn int64(&mut self, field: u32, wt: u8) -> Result<i64, DecodeError> {
-        self.expect(field, wt, WT_VARINT)?;
+        self.check_wire_type(field, wt, WT_VARINT)?;
         Ok(self.varint()? as i64)
     }
 
     fn uint32(&mut self, field: u32, wt: u8) -> Result<u32, DecodeError> {
-        self.expect(field, wt, WT_VARINT)?;
+        self.check_wire_type(field, wt, WT_VARINT)?;
         Ok(self.varint()? as u32)
     }
 
     fn boolean(&mut self, field: u32, wt: u8) -> Result<bool, DecodeError> {
-        self.expect(field, wt, WT_VARINT)?;
+        self.check_wire_type(field, wt, WT_VARINT)?;
         Ok(self.varint()? != 0)
     }
 
     fn string(&mut self, field: u32, wt: u8) -> Result<String, DecodeError> {
-        self.expect(field, wt, WT_LEN)?;
+        self.check_wire_type(field, wt, WT_LEN)?;
         let start = self.pos;
         let bytes = self.len_delimited()?;
         match std::str::from_utf8(bytes) {
@@ -617,7 +617,7 @@ impl<'a> Reader<'a> {
 
     /// A nested message's reader (one level deeper).
     fn message(&mut self, field: u32, wt: u8) -> Result<Reader<'a>, DecodeError> {
-        self.expect(field, wt, WT_LEN)?;
+        self.check_wire_type(field, wt, WT_LEN)?;
         if self.depth >= MAX_DEPTH {
             return Err(self.err(DecodeErrorKind::TooDeep));
         }

@@ -31,7 +31,9 @@ pub struct MemoryEvents {
     pub oom_group_kill: u64,
 }
 
-fn key_values(text: &str) -> impl Iterator<Item = (&str, u64)> {
+/// The cgroup "flat keyed" format (`key value` a line), as in memory.stat,
+/// cpu.stat, memory.events and memory.oom_control; other lines are skipped.
+pub fn key_values(text: &str) -> impl Iterator<Item = (&str, u64)> {
     text.lines().filter_map(|l| {
         let mut it = l.split_whitespace();
         let k = it.next()?;

@@ -137,7 +137,7 @@ impl Container {
                 .await
                 .map_err(|e| rpc::invalid(format!("stdio: {e}")))?
         };
-        let expecting = reaper().expect();
+        let early_exits = reaper().hold_early_exits();
         runtime
             .create(
                 req.id,
@@ -154,7 +154,7 @@ impl Container {
             .map_err(rpc::from_runtime)?;
         let pid = read_pid(&pid_file)?;
         let exit = runtime.watch_init(req.id, pid);
-        drop(expecting);
+        drop(early_exits);
         init.set_pid(pid);
         if let Some(socket) = console {
             let master = receive_console(&socket).await?;
@@ -267,7 +267,7 @@ impl Container {
                 .await
                 .map_err(|e| rpc::invalid(format!("stdio: {e}")))?
         };
-        let expecting = reaper().expect();
+        let early_exits = reaper().hold_early_exits();
         self.runtime
             .exec(
                 &self.id,
@@ -282,7 +282,7 @@ impl Container {
             .map_err(rpc::from_runtime)?;
         let pid = read_pid(&pid_file)?;
         let exit = reaper().watch(pid);
-        drop(expecting);
+        drop(early_exits);
         process.set_pid(pid);
         process.set_state(State::Running);
         if let Some(socket) = console {
