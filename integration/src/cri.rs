@@ -134,16 +134,27 @@ impl Cri {
             .unwrap_or_default()
     }
 
+    /// Waits for CRI's runtime and network, and for the images
+    /// `hack/cri/containerd.sh` imported: containerd 2.x's CRI learns of
+    /// them from image events, a moment after the import (CI once listed
+    /// only the pause image).
     fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
             let c = self.conditions();
-            if c.get("RuntimeReady") == Some(&true) && c.get("NetworkReady") == Some(&true) {
+            let tags = self.image_tags();
+            let images = [IMAGE, PAUSE_IMAGE]
+                .iter()
+                .all(|want| tags.iter().any(|t| t == want));
+            if c.get("RuntimeReady") == Some(&true)
+                && c.get("NetworkReady") == Some(&true)
+                && images
+            {
                 return;
             }
             assert!(
                 Instant::now() < deadline,
-                "CRI not ready after {timeout:?}: {c:?}\n{}",
+                "CRI not ready after {timeout:?}: {c:?}, images {tags:?}\n{}",
                 self.log_tail(20)
             );
             std::thread::sleep(Duration::from_millis(100));

@@ -9,13 +9,7 @@ use oomguard_integration::harness::{
     assert_ok, assert_oom_story, exit_code, rootfs, Containerd, RUNTIME,
 };
 
-macro_rules! on_every_containerd {
-    ($($scenario:ident),* $(,)?) => {
-        mod containerd_1_6 { $( #[test] fn $scenario() { super::$scenario("1.6") } )* }
-        mod containerd_1_7 { $( #[test] fn $scenario() { super::$scenario("1.7") } )* }
-        mod containerd_2 { $( #[test] fn $scenario() { super::$scenario("2") } )* }
-    };
-}
+use oomguard_integration::on_every_containerd;
 
 on_every_containerd!(
     init_oom,

@@ -8,13 +8,7 @@ use oomguard_integration::harness::{
     assert_ok, exit_code, rootfs, run_with_timeout, Containerd, RUNTIME,
 };
 
-macro_rules! on_every_containerd {
-    ($($scenario:ident),* $(,)?) => {
-        mod containerd_1_6 { $( #[test] fn $scenario() { super::$scenario("1.6") } )* }
-        mod containerd_1_7 { $( #[test] fn $scenario() { super::$scenario("1.7") } )* }
-        mod containerd_2 { $( #[test] fn $scenario() { super::$scenario("2") } )* }
-    };
-}
+use oomguard_integration::on_every_containerd;
 
 on_every_containerd!(
     exit_codes,
@@ -440,45 +434,34 @@ fn delete_after_shim_killed(version: &str) {
 
 fn bad_options_are_named(version: &str) {
     let c = Containerd::start(version);
-    // A runtime binary that does not exist: Create fails with its name.
     let root = rootfs().display().to_string();
-    let cfg = c.dir.join("missing-binary.toml");
-    std::fs::write(&cfg, "binary_name = \"/nonexistent/runc\"\n").unwrap();
-    let cfg_s = cfg.display().to_string();
-    let out = c.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--runtime-config-path",
-        &cfg_s,
-        "--rootfs",
-        &root,
-        "bad",
-        "/bin/true",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    // Runs container `id` with a runtime config file holding `toml`; it must
+    // fail. Returns the config's path and ctr's error.
+    let run_with_config = |id: &str, toml: &str| {
+        let cfg = c.dir.join(format!("{id}.toml"));
+        std::fs::write(&cfg, toml).unwrap();
+        let cfg = cfg.display().to_string();
+        let out = c.ctr(&[
+            "run",
+            "--rm",
+            "--runtime",
+            RUNTIME,
+            "--runtime-config-path",
+            &cfg,
+            "--rootfs",
+            &root,
+            id,
+            "/bin/true",
+        ]);
+        assert!(!out.status.success());
+        (cfg, String::from_utf8_lossy(&out.stderr).to_string())
+    };
+    // A runtime binary that does not exist: Create fails with its name.
+    let (_, err) = run_with_config("bad", "binary_name = \"/nonexistent/runc\"\n");
     assert!(err.contains("/nonexistent/runc"), "{err}");
     // A config file with an unknown key: the error names file and key.
-    let cfg = c.dir.join("bad.toml");
-    std::fs::write(&cfg, "binary_nmae = \"runc\"\n").unwrap();
-    let cfg_s = cfg.display().to_string();
-    let out = c.ctr(&[
-        "run",
-        "--rm",
-        "--runtime",
-        RUNTIME,
-        "--runtime-config-path",
-        &cfg_s,
-        "--rootfs",
-        &root,
-        "bad2",
-        "/bin/true",
-    ]);
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&cfg_s) && err.contains("binary_nmae"), "{err}");
+    let (cfg, err) = run_with_config("bad2", "binary_nmae = \"runc\"\n");
+    assert!(err.contains(&cfg) && err.contains("binary_nmae"), "{err}");
     let _ = c.ctr(&["container", "rm", "bad", "bad2"]);
     c.assert_clean(&["bad", "bad2"]);
 }
