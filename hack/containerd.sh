@@ -20,8 +20,10 @@
 #   stop   Stops what start started for DIR: removes the tasks through containerd
 #          (best effort), SIGTERM then (after 10 s) SIGKILL to containerd, SIGKILL
 #          to leftover shims started for DIR (-address DIR/containerd.sock) and to
-#          the processes in their containers' cgroups, removes those cgroups and the
-#          shims' sockets, unmounts everything under DIR, and removes DIR. Quiet;
+#          the processes in their containers' cgroups, removes those cgroups (and
+#          the empty parents of namespaces named after DIR, never a shared one
+#          like default or k8s.io) and the shims' sockets, unmounts everything
+#          under DIR, and removes DIR. Quiet;
 #          a DIR that does not exist is not an error.
 #   env    Prints shell exports for using that containerd:
 #          eval "$(hack/containerd.sh env 1.7 /tmp/og-1.7)"; ctr version
@@ -456,7 +458,11 @@ cmd_stop() {
 	((${#mps[@]} == 0)) || die "still mounted under $dir: ${mps[*]}"
 
 	# 6. The containers' cgroups (a container the shim could not clean up),
-	#    then their namespace parents when empty (e.g. /memory/default).
+	#    then, when empty, the parents of namespaces named after DIR (as the
+	#    tests and the demo name theirs). A shared name (default, k8s.io) is
+	#    left alone, as containerd leaves it: another instance may be making
+	#    a container under it right now, and its runc create fails with
+	#    ENOENT if the parent vanishes between its mkdirs.
 	local parent
 	for cg in "${cgroups[@]}"; do
 		while IFS= read -r mnt; do
@@ -470,8 +476,10 @@ cmd_stop() {
 		parent=$(dirname "$cg")
 		[[ $parent != / ]] && namespaces+=("${parent#/}")
 	done
+	local own
+	own=$(basename "$dir")
 	for ns in "${namespaces[@]}"; do
-		[[ -n $ns && $ns != */* && $ns != . && $ns != .. ]] || continue
+		[[ -n $ns && $ns != */* && $ns != . && $ns != .. && $ns == *"$own"* ]] || continue
 		while IFS= read -r mnt; do
 			[[ -d $mnt/$ns ]] || continue
 			# only when empty: no child cgroups and no processes
@@ -479,7 +487,7 @@ cmd_stop() {
 			[[ ! -s $mnt/$ns/cgroup.procs ]] || continue
 			rmdir "$mnt/$ns" 2>/dev/null || true
 		done < <(cgroup_mounts)
-		# the stock runc shim's per-namespace runc root, when empty
+		# the per-namespace runc root, when empty
 		rmdir "/run/containerd/runc/$ns" 2>/dev/null || true
 	done
 

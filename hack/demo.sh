@@ -12,7 +12,7 @@ VER=${1:-1.7}
 DIR=$(mktemp -d /tmp/oomguard-demo.XXXXXX)
 SHIM_DIR=${OOMGUARD_SHIM_DIR:-$REPO/target/debug}
 ROOTFS=$("$REPO/hack/rootfs.sh")
-NS=demo
+NS=$(basename "$DIR") # named after DIR: containerd.sh stop removes its cgroup parents
 EVENTS_PID=""
 
 cleanup() {

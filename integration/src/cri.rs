@@ -15,7 +15,7 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 
-use crate::harness::{hack, hack_stop, instance_dir, shim_dir, unique};
+use crate::harness::{hack, hack_stop, instance_dir, shim_dir, show_log_if_failing, tail, unique};
 
 /// Handlers registered by `hack/cri/containerd-*.toml` (and the stock one).
 pub const HANDLER: &str = "oomguard";
@@ -514,9 +514,7 @@ impl Cri {
     }
 
     pub fn log_tail(&self, n: usize) -> String {
-        let log = self.log();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(n)..].join("\n")
+        tail(&self.log(), n)
     }
 
     /// Stops containerd and removes its network namespace (also on drop).
@@ -545,6 +543,7 @@ impl Cri {
 
 impl Drop for Cri {
     fn drop(&mut self) {
+        show_log_if_failing(&self.dir.join("containerd.log"));
         self.stop();
     }
 }

@@ -10,7 +10,9 @@ use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
-use crate::harness::{hack, hack_stop, instance_dir, repo, run_with_timeout, Containerd};
+use crate::harness::{
+    hack, hack_stop, instance_dir, repo, run_with_timeout, show_log_if_failing, Containerd,
+};
 
 /// Docker versions under test, each with the containerd Debian pairs it with
 /// (trixie: docker.io 26 + containerd 1.7; sid: docker.io 28 + containerd 2.x).
@@ -266,6 +268,8 @@ impl Dockerd {
 
 impl Drop for Dockerd {
     fn drop(&mut self) {
+        show_log_if_failing(&self.dir.join("dockerd.log"));
+        show_log_if_failing(&self.containerd.dir.join("containerd.log"));
         self.stop();
     }
 }

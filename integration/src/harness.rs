@@ -106,7 +106,12 @@ impl Containerd {
             version: version.to_string(),
             socket: dir.join("containerd.sock"),
             ctr: repo().join(format!(".cache/containerd/{version}/bin/ctr")),
-            namespace: "oomguard-test".to_string(),
+            // Its own namespace, named after its directory: runc's state
+            // root and ctr's cgroup paths are named by it, so tests running
+            // at once never share a container's state or memcg, and
+            // containerd.sh stop removes the namespace's empty cgroup parents
+            // without pulling one from under another instance's runc create.
+            namespace: format!("oomguard-{}", dir.file_name().unwrap().to_string_lossy()),
             dir,
             stopped: false,
         }
@@ -227,9 +232,35 @@ impl Containerd {
 
 impl Drop for Containerd {
     fn drop(&mut self) {
+        show_log_if_failing(&self.dir.join("containerd.log"));
         self.stop();
     }
 }
+
+/// The last `n` lines of `text`.
+pub fn tail(text: &str, n: usize) -> String {
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}
+
+/// A failing test shows what containerd and the shim saw (CI keeps only the
+/// test's output): the end of `log`, while the test thread is panicking.
+pub fn show_log_if_failing(log: &Path) {
+    if !std::thread::panicking() {
+        return;
+    }
+    // Gone when an owner (Dockerd) already stopped this instance.
+    if let Ok(text) = std::fs::read_to_string(log) {
+        eprintln!(
+            "--- last {LOG_TAIL} lines of {} ---\n{}",
+            log.display(),
+            tail(&text, LOG_TAIL)
+        );
+    }
+}
+
+/// Lines of containerd's log shown when a test fails.
+const LOG_TAIL: usize = 80;
 
 pub fn run_with_timeout(mut cmd: Command, timeout: Duration) -> Output {
     cmd.stdout(Stdio::piped()).stderr(Stdio::piped());
@@ -266,6 +297,19 @@ pub fn assert_ok(out: &Output, what: &str) {
 /// What `ctr run` exited with: ctr exits with the task's exit status.
 pub fn exit_code(out: &Output) -> i32 {
     out.status.code().unwrap_or(-1)
+}
+
+/// Asserts ctr's exit code; on a mismatch shows what ctr printed (ctr exits
+/// 1 for its own errors, which only its stderr tells apart).
+#[track_caller]
+pub fn assert_exit(out: &Output, code: i32, what: &str) {
+    assert_eq!(
+        exit_code(out),
+        code,
+        "{what}:\nstdout: {}\nstderr: {}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// One event as `ctr events` prints it.

@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use oomguard_integration::harness::{
-    assert_ok, exit_code, rootfs, run_with_timeout, Containerd, RUNTIME,
+    assert_exit, assert_ok, rootfs, run_with_timeout, Containerd, RUNTIME,
 };
 
 use oomguard_integration::on_every_containerd;
@@ -39,12 +39,7 @@ fn exit_codes(version: &str) {
         ("t-exit3", "exit 3", 3),
     ] {
         let out = c.run(RUNTIME, id, &[], &["/bin/sh", "-c", cmd]);
-        assert_eq!(
-            exit_code(&out),
-            code,
-            "{id}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_exit(&out, code, id);
         let exit = events
             .init_exit(id, Duration::from_secs(10))
             .expect("exit event");
@@ -233,7 +228,7 @@ fn exec_with_and_without_tty(version: &str) {
         "-c",
         "echo from-exec; exit 5",
     ]);
-    assert_eq!(exit_code(&out), 5);
+    assert_exit(&out, 5, "exit status");
     assert_eq!(stdout(&out), "from-exec\n");
     let out = under_pty(&c, "task exec -t --exec-id e2 ex /bin/tty");
     assert_ok(&out, "exec -t");
@@ -259,7 +254,7 @@ fn terminal_run(version: &str) {
         &c,
         &format!("run --rm -t --runtime {RUNTIME} --rootfs {root} tty /bin/sh -c 'tty; exit 4'"),
     );
-    assert_eq!(exit_code(&out), 4, "{}", stdout(&out));
+    assert_exit(&out, 4, "tty run");
     assert!(stdout(&out).contains("/dev/pts/0"), "{}", stdout(&out));
     c.assert_clean(&["tty"]);
 }
@@ -351,7 +346,7 @@ fn children_outliving_init(version: &str) {
         &[],
         &["/bin/sh", "-c", "sleep 1000 & sleep 1000 & exit 7"],
     );
-    assert_eq!(exit_code(&out), 7);
+    assert_exit(&out, 7, "exit status");
     assert_eq!(
         events
             .init_exit("orphans", Duration::from_secs(5))
@@ -378,12 +373,7 @@ fn twenty_in_parallel(version: &str) {
                         &[],
                         &["/bin/sh", "-c", &format!("sleep 0.2; exit {code}")],
                     );
-                    assert_eq!(
-                        exit_code(&out),
-                        code,
-                        "{id}: {}",
-                        String::from_utf8_lossy(&out.stderr)
-                    );
+                    assert_exit(&out, code, &id);
                 })
             })
             .collect();

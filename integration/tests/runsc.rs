@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use oomguard_integration::harness::{
-    assert_ok, assert_oom_story, exit_code, repo, rootfs, Containerd, RUNTIME,
+    assert_exit, assert_ok, assert_oom_story, repo, rootfs, Containerd, RUNTIME,
 };
 
 /// The Debian runsc builds: bookworm's (system) and trixie's (unpacked).
@@ -97,16 +97,11 @@ fn single_container(version: &str, build: &str) {
         &["/bin/sh", "-c", "echo hello from gvisor; exit 3"],
         false,
     );
-    assert_eq!(
-        exit_code(&out),
-        3,
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 3, "exit status");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello from gvisor\n");
     assert_oom_story(&events, "g-echo", false, 3);
     let out = run_gvisor(&c, &cfg, "g-true", &[], &["/bin/true"], false);
-    assert_eq!(exit_code(&out), 0);
+    assert_exit(&out, 0, "exit status");
     // exec inside the sandbox
     let out = run_gvisor(&c, &cfg, "g-exec", &[], &["/bin/sleep", "1000"], true);
     assert_ok(&out, "run -d");
@@ -120,7 +115,7 @@ fn single_container(version: &str, build: &str) {
         "-c",
         "echo in-sandbox; exit 6",
     ]);
-    assert_eq!(exit_code(&out), 6);
+    assert_exit(&out, 6, "exit status");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "in-sandbox\n");
     let ps = String::from_utf8_lossy(&c.ctr(&["task", "ps", "g-exec"]).stdout).to_string();
     assert!(ps.lines().count() >= 2, "{ps}");
@@ -145,12 +140,7 @@ fn sandbox_oom_kill(version: &str, build: &str) {
         ],
         false,
     );
-    assert_eq!(
-        exit_code(&out),
-        137,
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 137, "exit status");
     assert_oom_story(&events, "g-oom", true, 137);
     c.assert_clean(&["g-oom"]);
 }
@@ -214,12 +204,7 @@ fn pod_oom_kills_every_container(version: &str, build: &str) {
         &["/bin/sh", "-c", "echo joined; exit 9"],
         false,
     );
-    assert_eq!(
-        exit_code(&out),
-        9,
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_exit(&out, 9, "exit status");
     assert_eq!(
         String::from_utf8_lossy(&out.stdout),
         "joined\n",
@@ -236,10 +221,10 @@ fn pod_oom_kills_every_container(version: &str, build: &str) {
         "-c",
         "dd if=/dev/zero of=/dev/null bs=200M count=1",
     ]);
-    assert_eq!(
-        exit_code(&out),
+    assert_exit(
+        &out,
         137,
-        "an exec that died with the sandbox: not gVisor's 128"
+        "an exec that died with the sandbox: not gVisor's 128",
     );
     for id in ["gpod", "gapp"] {
         assert_oom_story(&events, id, true, 137);
@@ -340,7 +325,7 @@ fn malformed_monitoring_message(version: &str, build: &str) {
     }
     // The container is unaffected and still answers.
     let out = c.ctr(&["task", "exec", "--exec-id", "e1", "g-mon", "/bin/true"]);
-    assert_eq!(exit_code(&out), 0);
+    assert_exit(&out, 0, "exit status");
     c.remove("g-mon");
     assert_oom_story(&events, "g-mon", false, 137);
     let verdict = c

@@ -1,14 +1,23 @@
 //! gRPC status codes for the Task service's answers: containerd maps them to
 //! its errdefs (NotFound, FailedPrecondition, ...) and clients act on them.
 
+use log::{debug, info};
 use ttrpc::{get_status, Code};
 
 use containerd_shim_protos::ttrpc;
 
 pub type RpcResult<T> = ttrpc::Result<T>;
 
+/// Errors are built only to be answered, so this is where each failed RPC
+/// leaves its line in the log (containerd logs few of them itself).
 pub fn status(code: Code, msg: impl Into<String>) -> ttrpc::Error {
-    ttrpc::Error::RpcStatus(get_status(code, msg.into()))
+    let msg = msg.into();
+    if code == Code::NOT_FOUND {
+        debug!("rpc answer code={code:?} error={msg:?}");
+    } else {
+        info!("rpc answer code={code:?} error={msg:?}");
+    }
+    ttrpc::Error::RpcStatus(get_status(code, msg))
 }
 
 pub fn invalid(msg: impl Into<String>) -> ttrpc::Error {
