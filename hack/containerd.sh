@@ -425,8 +425,8 @@ cmd_stop() {
 	((${#victims[@]} == 0)) || warn "processes still alive after SIGKILL: ${victims[*]}"
 
 	# 4. Shim sockets (outside DIR, under /run/containerd/s/ or similar), and
-	#    runc state of DIR's containers (a runc root under /run/containerd,
-	#    e.g. /run/containerd/runc/NS/ID, whose bundle label points into DIR).
+	#    runc and runsc state of DIR's containers (a root under /run/containerd,
+	#    e.g. /run/containerd/runc/NS/ID, whose bundle points into DIR).
 	local s st root
 	for s in "${sockets[@]}"; do
 		[[ -S $s ]] && rm -f "$s"
@@ -442,6 +442,15 @@ cmd_stop() {
 			root=$(dirname "$(dirname "$st")")
 			runc --root "$root" delete --force "$id" >/dev/null 2>&1 || rm -rf "$(dirname "$st")"
 		done < <(find /run/containerd -maxdepth 5 -name state.json -type f 2>/dev/null)
+		# runsc's state: ROOT/ID_sandbox:SID.state (+ .lock), left by a
+		# container that joined a sandbox which died before it was deleted.
+		while IFS= read -r st; do
+			jq -e --arg d "$dir/" '(.bundleDir // "") | startswith($d)' "$st" >/dev/null 2>&1 || continue
+			id=$(jq -r '.id | if type == "object" then .container_id else . end // empty' "$st" 2>/dev/null)
+			root=$(dirname "$st")
+			[[ -n $id ]] && runsc --root "$root" delete --force "$id" >/dev/null 2>&1
+			rm -f "$st" "${st%.state}.lock"
+		done < <(find /run/containerd -maxdepth 4 -name '*_sandbox:*.state' -type f 2>/dev/null)
 	fi
 
 	# 5. Mounts under DIR, latest first; lazily when busy.
