@@ -5,7 +5,6 @@
 //! kubelet makes.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -15,7 +14,9 @@ use k8s_cri::v1::image_service_client::ImageServiceClient;
 use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 
-use crate::harness::{hack, hack_stop, instance_dir, shim_dir, show_log_if_failing, tail, unique};
+use crate::harness::{
+    hack, hack_start, hack_stop, instance_dir, shim_dir, show_log_if_failing, tail, unique,
+};
 
 /// Handlers registered by `hack/cri/containerd-*.toml` (and the stock one).
 pub const HANDLER: &str = "oomguard";
@@ -55,14 +56,11 @@ impl Cri {
     /// runtime and the network ready.
     pub fn start(version: &str) -> Cri {
         let dir = instance_dir(&format!("cri{version}"));
-        let socket = PathBuf::from(hack(
+        let socket = PathBuf::from(hack_start(
             "cri/containerd.sh",
-            &[
-                OsStr::new("start"),
-                version.as_ref(),
-                dir.as_ref(),
-                shim_dir().as_ref(),
-            ],
+            version,
+            &dir,
+            &shim_dir(),
             &format!("containerd {version} (CRI) did not start"),
         ));
         let rt = tokio::runtime::Builder::new_current_thread()

@@ -11,7 +11,8 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{
-    hack, hack_stop, instance_dir, repo, run_with_timeout, show_log_if_failing, Containerd,
+    hack, hack_start, hack_stop, instance_dir, repo, run_with_timeout, show_log_if_failing,
+    Containerd,
 };
 
 /// Docker versions under test, each with the containerd Debian pairs it with
@@ -53,14 +54,11 @@ impl Dockerd {
         ensure_deps(&[]);
         let containerd = Containerd::start(containerd_version);
         let dir = instance_dir(&format!("docker{version}"));
-        hack(
+        hack_start(
             "dockerd.sh",
-            &[
-                OsStr::new("start"),
-                version.as_ref(),
-                dir.as_ref(),
-                containerd.socket.as_ref(),
-            ],
+            version,
+            &dir,
+            &containerd.socket,
             &format!("dockerd {version} did not start"),
         );
         let mut d = Dockerd {

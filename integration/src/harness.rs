@@ -36,6 +36,22 @@ pub fn hack<S: AsRef<OsStr>>(script: &str, args: &[S], what: &str) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Runs `hack/SCRIPT start VERSION DIR WITH` (the daemon scripts' common
+/// form; WITH is the shim directory or the containerd socket) and returns
+/// what it printed; panics with `what` and its stderr if it fails.
+pub fn hack_start(script: &str, version: &str, dir: &Path, with: &Path, what: &str) -> String {
+    hack(
+        script,
+        &[
+            OsStr::new("start"),
+            version.as_ref(),
+            dir.as_ref(),
+            with.as_ref(),
+        ],
+        what,
+    )
+}
+
 /// Runs `hack/SCRIPT stop DIR` for a teardown, whatever comes of it.
 pub fn hack_stop(script: &str, dir: &Path) {
     let _ = Command::new(repo().join("hack").join(script))
@@ -92,14 +108,11 @@ pub struct Containerd {
 impl Containerd {
     pub fn start(version: &str) -> Containerd {
         let dir = instance_dir(version);
-        hack(
+        hack_start(
             "containerd.sh",
-            &[
-                OsStr::new("start"),
-                version.as_ref(),
-                dir.as_ref(),
-                shim_dir().as_ref(),
-            ],
+            version,
+            &dir,
+            &shim_dir(),
             &format!("containerd {version} did not start"),
         );
         Containerd {
