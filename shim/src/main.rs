@@ -4,6 +4,7 @@
 mod config;
 mod events;
 mod inflight;
+mod install;
 mod lifecycle;
 mod metrics;
 mod oom;
@@ -14,6 +15,10 @@ mod task;
 
 fn main() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    // The operator's commands, before containerd's flag parsing sees them.
+    if let Some(code) = install::dispatch(&args) {
+        std::process::exit(code);
+    }
     let flags = match containerd_shim::parse(&args[1..]) {
         Ok(f) => f,
         Err(e) => {

@@ -1,0 +1,75 @@
+//! The canonical configuration snippets (the README shows them, the tests run
+//! them), compiled into the binary: what `install` writes is these files, with
+//! `/etc/oomguard/` replaced by the chosen config directory.
+
+use std::path::Path;
+
+/// CRI runtime handlers for containerd 1.6/1.7 (config `version = 2`).
+pub const CONTAINERD_V2: &str = include_str!("../../../hack/cri/containerd-1.x.toml");
+/// The same for containerd 2.x (config `version = 3`).
+pub const CONTAINERD_V3: &str = include_str!("../../../hack/cri/containerd-2.x.toml");
+/// Docker runtimes for daemon.json.
+pub const DAEMON_JSON: &str = include_str!("../../../hack/docker/daemon.json");
+/// The oomguard TOML files the handlers point at, by file name.
+pub const CONFIG_FILES: [(&str, &str); 2] = [
+    (
+        "runc.toml",
+        include_str!("../../../hack/cri/oomguard/runc.toml"),
+    ),
+    (
+        "runsc.toml",
+        include_str!("../../../hack/cri/oomguard/runsc.toml"),
+    ),
+];
+
+/// The config directory the snippets are written for.
+pub const CANONICAL_DIR: &str = "/etc/oomguard";
+
+/// The runtime type every oomguard handler names.
+pub const RUNTIME_TYPE: &str = "io.containerd.oomguard.v2";
+
+/// `text` with the canonical config directory replaced by `dir`.
+pub fn for_config_dir(text: &str, dir: &Path) -> String {
+    text.replace(&format!("{CANONICAL_DIR}/"), &format!("{}/", dir.display()))
+}
+
+/// A config directory that can stand in a TOML or JSON string as it is:
+/// absolute, no quotes, backslashes or control characters.
+pub fn check_config_dir(dir: &Path) -> Result<(), String> {
+    let s = dir
+        .to_str()
+        .ok_or_else(|| format!("--config-dir {}: not UTF-8", dir.display()))?;
+    if !s.starts_with('/') {
+        return Err(format!("--config-dir {s}: must be an absolute path"));
+    }
+    if s.chars().any(|c| c == '"' || c == '\\' || c.is_control()) {
+        return Err(format!(
+            "--config-dir {s:?}: quotes, backslashes and control characters are not supported"
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_dir_is_substituted_everywhere() {
+        let dir = Path::new("/opt/og");
+        for text in [CONTAINERD_V2, CONTAINERD_V3, DAEMON_JSON] {
+            let out = for_config_dir(text, dir);
+            assert!(!out.contains("/etc/oomguard/"), "{out}");
+            assert!(out.contains("/opt/og/runc.toml"), "{out}");
+            assert!(out.contains("/opt/og/runsc.toml"), "{out}");
+        }
+    }
+
+    #[test]
+    fn config_dir_must_be_plain_and_absolute() {
+        assert!(check_config_dir(Path::new("/etc/oomguard")).is_ok());
+        assert!(check_config_dir(Path::new("etc/oomguard")).is_err());
+        assert!(check_config_dir(Path::new("/etc/oom\"guard")).is_err());
+        assert!(check_config_dir(Path::new("/etc/oom\nguard")).is_err());
+    }
+}
