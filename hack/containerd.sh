@@ -4,6 +4,7 @@
 # usage: hack/containerd.sh start VER DIR [SHIM_DIR]
 #        hack/containerd.sh stop DIR
 #        hack/containerd.sh env VER DIR
+#        hack/containerd.sh config VER DIR
 #
 #   start  VER is 1.6, 1.7 or 2 (binaries from hack/deps.sh under .cache/containerd/VER).
 #          Writes DIR/config.toml (config version 2 for 1.x, 3 for 2.x) and starts
@@ -27,6 +28,11 @@
 #          a DIR that does not exist is not an error.
 #   env    Prints shell exports for using that containerd:
 #          eval "$(hack/containerd.sh env 1.7 /tmp/og-1.7)"; ctr version
+#   config Writes DIR/config.toml as start would, but without the built-in
+#          "oomguard" runtime (an operator's file before oomguard), and prints
+#          its path. A later start runs containerd on that file as it then is
+#          (edited by a test, e.g. by "containerd-shim-oomguard-v2 install"),
+#          not on a generated one; OOMGUARD_CONTAINERD_EXTRA is then unused.
 #
 # Environment for start:
 #   OOMGUARD_SANDBOX_IMAGE     CRI sandbox (pause) image (default: containerd's own)
@@ -61,11 +67,17 @@ extra_defines_oomguard() {
 	[[ ${OOMGUARD_CONTAINERD_EXTRA:-} == *'.containerd.runtimes.oomguard]'* ]]
 }
 
+# write_config VER DIR [BUILTIN_OOMGUARD]: BUILTIN_OOMGUARD 0 leaves the
+# built-in "oomguard" runtime out.
 write_config() {
-	local ver=$1 dir=$2 sock="$2/containerd.sock"
+	local ver=$1 dir=$2 sock="$2/containerd.sock" builtin=${3:-1}
 	local sandbox=${OOMGUARD_SANDBOX_IMAGE:-}
 	{
-		echo "# Written by hack/containerd.sh for containerd $ver; rewritten on every start."
+		if ((builtin)); then
+			echo "# Written by hack/containerd.sh for containerd $ver; rewritten on every start."
+		else
+			echo "# Written by hack/containerd.sh config for containerd $ver; start uses it as it is."
+		fi
 		# The same for every version but the config's own version number.
 		cat <<EOF
 version = $([[ $ver == 2 ]] && echo 3 || echo 2)
@@ -112,7 +124,7 @@ EOF
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.runc]
         runtime_type = "io.containerd.runc.v2"
 EOF
-			if ! extra_defines_oomguard; then
+			if ((builtin)) && ! extra_defines_oomguard; then
 				cat <<EOF
 
       [plugins."io.containerd.cri.v1.runtime".containerd.runtimes.oomguard]
@@ -148,7 +160,7 @@ EOF
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.runc]
         runtime_type = "io.containerd.runc.v2"
 EOF
-			if ! extra_defines_oomguard; then
+			if ((builtin)) && ! extra_defines_oomguard; then
 				cat <<EOF
 
       [plugins."io.containerd.grpc.v1.cri".containerd.runtimes.oomguard]
@@ -207,11 +219,15 @@ cmd_start() {
 	if [[ -e $dir && ! -e $dir/$MARKER ]] && [[ -n $(ls -A "$dir" 2>/dev/null) ]]; then
 		die "$dir exists, is not empty, and was not made by hack/containerd.sh"
 	fi
+	if [[ -e $dir/config.kept && $(cat "$dir/version" 2>/dev/null) != "$ver" ]]; then
+		die "$dir/config.toml was made by 'config' for containerd $(cat "$dir/version"), not $ver"
+	fi
 	mkdir -p "$dir"/{root,state,tmp,opt,cni/net.d}
 	: >"$dir/$MARKER"
 	printf '%s\n' "$ver" >"$dir/version"
 	printf '%s\n' "$shim_dir" >"$dir/shim_dir"
-	write_config "$ver" "$dir"
+	# A config.toml made by 'config' is the operator's: used as it is.
+	[[ -e $dir/config.kept ]] || write_config "$ver" "$dir"
 	rm -f "$dir/containerd.pid" "$sock" "$sock.ttrpc"
 
 	local path="$shim_dir:$bin" d
@@ -505,6 +521,24 @@ cmd_stop() {
 	[[ ! -e $dir ]] || die "could not remove $dir"
 }
 
+cmd_config() {
+	(($# == 2)) || usage 2 >&2
+	local ver=$1 dir
+	check_ver "$ver"
+	dir=$(abs_dir "$2")
+	need_root
+	if [[ -e $dir && ! -e $dir/$MARKER ]] && [[ -n $(ls -A "$dir" 2>/dev/null) ]]; then
+		die "$dir exists, is not empty, and was not made by hack/containerd.sh"
+	fi
+	[[ -z $(daemon_pid "$dir/containerd.pid" "$dir/config.toml") ]] || die "containerd is running for $dir: stop it first"
+	mkdir -p "$dir"/{root,state,tmp,opt,cni/net.d}
+	: >"$dir/$MARKER"
+	printf '%s\n' "$ver" >"$dir/version"
+	write_config "$ver" "$dir" 0
+	: >"$dir/config.kept"
+	printf '%s\n' "$dir/config.toml"
+}
+
 cmd_env() {
 	(($# == 2)) || usage 2 >&2
 	local ver=$1 dir bin
@@ -532,6 +566,7 @@ case $sub in
 start) cmd_start "$@" ;;
 stop) cmd_stop "$@" ;;
 env) cmd_env "$@" ;;
+config) cmd_config "$@" ;;
 -h | --help | help) usage 0 ;;
 *)
 	echo "containerd.sh: unknown command '$sub'" >&2

@@ -26,6 +26,12 @@
 #          (docker import, no registry; once per DIR) and prints its name.
 #   env    Prints shell exports: DOCKER_HOST, DOCKER (the client binary), PATH.
 #
+# Environment for start:
+#   OOMGUARD_DOCKERD_CONFIG  a daemon.json to run on, as it is, instead of the
+#                            README's (e.g. one "containerd-shim-oomguard-v2
+#                            install --docker FILE" edited); its path is kept in
+#                            DIR/config-file
+#
 # Docker puts its containers in containerd's namespace "moby". Use
 # "docker run --pull never --network none" (there is no registry and no bridge).
 set -euo pipefail
@@ -46,6 +52,11 @@ bin_dir() {
 # instances never share it and stop removes only its own).
 cgroup_parent() {
 	printf 'oomguard-docker-%s\n' "$(printf '%s' "$1" | sha256sum | cut -c1-12)"
+}
+
+# The daemon.json dockerd runs on for DIR (its command line names it).
+config_file() {
+	cat "$1/config-file" 2>/dev/null || printf '%s\n' "$1/daemon.json"
 }
 
 # Does overlayfs work in DIR (the data root's file system)?
@@ -72,7 +83,7 @@ cmd_start() {
 	((${#sock} < 100)) || die "DIR is too long for a unix socket path: $sock"
 
 	local pid
-	pid=$(daemon_pid "$dir/docker.pid" "$dir/daemon.json")
+	pid=$(daemon_pid "$dir/docker.pid" "$(config_file "$dir")")
 	if [[ -n $pid ]]; then
 		[[ $(cat "$dir/version" 2>/dev/null) == "$ver" ]] || die "another docker version is already running for $dir (pid $pid)"
 		printf '%s\n' "$sock"
@@ -92,14 +103,20 @@ cmd_start() {
 			[[ -d $mnt/docker ]] && printf '%s\n' "$mnt/docker"
 		done < <(cgroup_mounts) >"$dir/cgroups-before"
 	fi
-	sed "s#/etc/oomguard/#$REPO/hack/cri/oomguard/#g" "$REPO/hack/docker/daemon.json" >"$dir/daemon.json"
+	local config="$dir/daemon.json"
+	if [[ -n ${OOMGUARD_DOCKERD_CONFIG:-} ]]; then
+		config=$(realpath -e -- "$OOMGUARD_DOCKERD_CONFIG") || die "OOMGUARD_DOCKERD_CONFIG: no file $OOMGUARD_DOCKERD_CONFIG"
+	else
+		sed "s#/etc/oomguard/#$REPO/hack/cri/oomguard/#g" "$REPO/hack/docker/daemon.json" >"$config"
+	fi
+	printf '%s\n' "$config" >"$dir/config-file"
 	local driver=overlay2
 	overlay_works "$dir/data" || driver=vfs
 	printf '%s\n' "$driver" >"$dir/storage-driver"
 	printf '/%s\n' "$(cgroup_parent "$dir")" >"$dir/cgroup-parent"
 
 	local -a flags=(
-		--config-file "$dir/daemon.json"
+		--config-file "$config"
 		--containerd "$csock"
 		--data-root "$dir/data"
 		--exec-root "$dir/exec"
@@ -146,7 +163,7 @@ cmd_stop() {
 	local ver pid bin="" sock="$dir/docker.sock"
 	ver=$(cat "$dir/version" 2>/dev/null || true)
 	[[ -z $ver ]] || bin=$(bin_dir "$ver")
-	pid=$(daemon_pid "$dir/docker.pid" "$dir/daemon.json")
+	pid=$(daemon_pid "$dir/docker.pid" "$(config_file "$dir")")
 
 	if [[ -n $pid && -n $bin && -S $sock ]]; then
 		local -a ids=()

@@ -5,6 +5,7 @@
 # usage: hack/cri/containerd.sh start VER DIR [SHIM_DIR]
 #        hack/cri/containerd.sh stop DIR
 #        hack/cri/containerd.sh netns DIR
+#        hack/cri/containerd.sh config VER DIR
 #
 #   start  Runs hack/cri/setup.sh, creates the network namespace
 #          oomguard-<hash of DIR> (ip netns add; lo up), and in it starts
@@ -25,6 +26,11 @@
 #          handlers.
 #   stop   hack/containerd.sh stop DIR, then removes the network namespace.
 #   netns  Prints the network namespace's name.
+#   config Writes DIR/config.toml for a later start (CRI, the pause image, no
+#          oomguard handler: an operator's file before "containerd-shim-oomguard-v2
+#          install") and prints its path; start then runs containerd on that
+#          file as it is (hack/containerd.sh config), without adding the
+#          README's handlers.
 set -euo pipefail
 # shellcheck source=hack/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
@@ -115,6 +121,10 @@ shift
 case $sub in
 start) cmd_start "$@" ;;
 stop) cmd_stop "$@" ;;
+config)
+	(($# == 2)) || usage 2 >&2
+	OOMGUARD_SANDBOX_IMAGE=localhost/oomguard/pause:1 "$REPO/hack/containerd.sh" config "$@"
+	;;
 netns)
 	(($# == 1)) || usage 2 >&2
 	netns_name "$(abs_dir "$1")"

@@ -5,6 +5,7 @@
 //! kubelet makes.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -55,7 +56,26 @@ impl Cri {
     /// Starts containerd `version` for CRI and waits until CRI reports the
     /// runtime and the network ready.
     pub fn start(version: &str) -> Cri {
+        Cri::start_in(version, instance_dir(&format!("cri{version}")))
+    }
+
+    /// A directory for `start_in` with the config.toml a private CRI
+    /// containerd `version` would run on, less any oomguard handler (an
+    /// operator's file before `install`): `hack/cri/containerd.sh config`.
+    /// Returns the directory; the file is DIR/config.toml.
+    pub fn prepare(version: &str) -> PathBuf {
         let dir = instance_dir(&format!("cri{version}"));
+        hack(
+            "cri/containerd.sh",
+            &[OsStr::new("config"), version.as_ref(), dir.as_ref()],
+            "hack/cri/containerd.sh config",
+        );
+        dir
+    }
+
+    /// Starts containerd `version` for CRI in `dir` (on DIR/config.toml as it
+    /// is, when `prepare` made it).
+    pub fn start_in(version: &str, dir: PathBuf) -> Cri {
         let socket = PathBuf::from(hack_start(
             "cri/containerd.sh",
             version,

@@ -3,7 +3,7 @@
 //! CLI: `docker inspect`, `docker events`, `docker stats`.
 
 use std::ffi::OsStr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::sync::Once;
 use std::time::{Duration, Instant};
@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use crate::harness::{
-    hack, hack_start, hack_stop, instance_dir, repo, run_with_timeout, show_log_if_failing,
+    hack, hack_start_env, hack_stop, instance_dir, repo, run_with_timeout, show_log_if_failing,
     Containerd,
 };
 
@@ -51,14 +51,29 @@ impl Dockerd {
     /// Starts containerd `containerd_version` and dockerd `version` on it,
     /// and imports the busybox image.
     pub fn start(version: &str, containerd_version: &str) -> Dockerd {
+        Dockerd::start_with(version, containerd_version, None)
+    }
+
+    /// `start`, with dockerd on `daemon_json` as it is (instead of the
+    /// README's daemon.json) when given.
+    pub fn start_with(
+        version: &str,
+        containerd_version: &str,
+        daemon_json: Option<&Path>,
+    ) -> Dockerd {
         ensure_deps(&[]);
         let containerd = Containerd::start(containerd_version);
         let dir = instance_dir(&format!("docker{version}"));
-        hack_start(
+        let env: Vec<(&str, &OsStr)> = daemon_json
+            .map(|p| ("OOMGUARD_DOCKERD_CONFIG", p.as_os_str()))
+            .into_iter()
+            .collect();
+        hack_start_env(
             "dockerd.sh",
             version,
             &dir,
             &containerd.socket,
+            &env,
             &format!("dockerd {version} did not start"),
         );
         let mut d = Dockerd {

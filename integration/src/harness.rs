@@ -24,8 +24,19 @@ pub fn repo() -> PathBuf {
 /// Runs `hack/SCRIPT ARGS...` and returns its stdout, trimmed; a failure
 /// panics with `what` and the script's stderr.
 pub fn hack<S: AsRef<OsStr>>(script: &str, args: &[S], what: &str) -> String {
+    hack_env(script, args, &[], what)
+}
+
+/// `hack` with extra environment variables.
+pub fn hack_env<S: AsRef<OsStr>>(
+    script: &str,
+    args: &[S],
+    env: &[(&str, &OsStr)],
+    what: &str,
+) -> String {
     let out = Command::new(repo().join("hack").join(script))
         .args(args)
+        .envs(env.iter().copied())
         .output()
         .unwrap_or_else(|e| panic!("run hack/{script}: {e}"));
     assert!(
@@ -40,7 +51,19 @@ pub fn hack<S: AsRef<OsStr>>(script: &str, args: &[S], what: &str) -> String {
 /// form; WITH is the shim directory or the containerd socket) and returns
 /// what it printed; panics with `what` and its stderr if it fails.
 pub fn hack_start(script: &str, version: &str, dir: &Path, with: &Path, what: &str) -> String {
-    hack(
+    hack_start_env(script, version, dir, with, &[], what)
+}
+
+/// `hack_start` with extra environment variables.
+pub fn hack_start_env(
+    script: &str,
+    version: &str,
+    dir: &Path,
+    with: &Path,
+    env: &[(&str, &OsStr)],
+    what: &str,
+) -> String {
+    hack_env(
         script,
         &[
             OsStr::new("start"),
@@ -48,6 +71,7 @@ pub fn hack_start(script: &str, version: &str, dir: &Path, with: &Path, what: &s
             dir.as_ref(),
             with.as_ref(),
         ],
+        env,
         what,
     )
 }

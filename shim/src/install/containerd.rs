@@ -8,11 +8,10 @@
 //! containerd 2.x (`version = 3`) merges every table key by key, so a drop-in
 //! under the main file's `imports` glob is always safe there.
 //!
-//! A file without a `version` line is read by containerd (1.x and 2.x) as
-//! version 1 and migrated: plugins named in full keep their names, then 2.x
-//! moves the CRI runtimes to version 3's plugin. So such a file gets the
-//! version 2 tables, unless it names plugins the version 1 way (`plugins.cri`):
-//! containerd would then see two CRI sections, so install refuses.
+//! A file without a `version` line is version 1 to containerd, and neither
+//! 1.7 nor 2.1 applies CRI runtimes written with full plugin names there
+//! (`containerd config dump` shows them dropped; 1.x decodes version 1 plugins
+//! by short name): install refuses such a file and says how to migrate it.
 
 use std::collections::{HashSet, VecDeque};
 use std::path::{Component, Path, PathBuf};
@@ -77,7 +76,7 @@ pub fn plan(opts: &Options, path: &Path, plan: &mut Plan) -> Result<(), String> 
         text,
         doc,
     };
-    let schema = schema_of(&main, plan)?;
+    let schema = schema_of(&main)?;
     let (files, drop_in) = load_imports(main, schema, plan)?;
     if let Some(f) = files.iter().find(|f| cri_disabled(&f.doc)) {
         plan.note(format!(
@@ -147,7 +146,7 @@ pub fn schema_of_containerd(output: &str) -> Result<(Schema, String), String> {
     }
 }
 
-fn schema_of(main: &Loaded, plan: &mut Plan) -> Result<Schema, String> {
+fn schema_of(main: &Loaded) -> Result<Schema, String> {
     let file = main.path.display();
     match main.doc.get("version") {
         Some(v) => match v.as_integer() {
@@ -162,26 +161,14 @@ fn schema_of(main: &Loaded, plan: &mut Plan) -> Result<Schema, String> {
             )),
             None => Err(format!("{file}: version is not an integer")),
         },
-        None => {
-            let short = main
-                .doc
-                .get("plugins")
-                .and_then(|p| p.as_table_like())
-                .and_then(|p| p.iter().map(|(k, _)| k).find(|k| !k.contains('.')));
-            if let Some(name) = short {
-                return Err(format!(
-                    "{file}: no version line, and plugin \"{name}\" named the version 1 way: \
-                     containerd would read the handlers' version 2 tables as a second section of \
-                     that plugin; migrate the file first (containerd config migrate)"
-                ));
-            }
-            plan.note(format!(
-                "{file} has no version line: containerd reads it as version 1, where plugins \
-                 named in full (as the handlers are) mean what they mean in version 2; writing \
-                 version 2 tables"
-            ));
-            Ok(Schema::V2)
-        }
+        None => Err(format!(
+            "{file} has no version line, so containerd reads it as config version 1, where \
+             handlers written with full plugin names are not applied (containerd 1.x reads \
+             version 1 plugins by short name, and 2.x's migration leaves them where they are): \
+             migrate it first (containerd config migrate > NEW, check, replace), or add \
+             version = 2 (containerd 1.x) or version = 3 (2.x) if its plugins are already named \
+             in full, then run install again"
+        )),
     }
 }
 

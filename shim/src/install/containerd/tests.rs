@@ -335,34 +335,17 @@ fn drop_in_names_follow_the_glob() {
 }
 
 #[test]
-fn file_without_version() {
+fn file_without_version_is_refused() {
     let t = Tmp::new("noversion");
     // Docker's containerd.io package ships this.
     let text = "#   Copyright 2018-2022 Docker Inc.\n\ndisabled_plugins = [\"cri\"]\n";
     let config = t.write("config.toml", text);
-    let p = run(Action::Install, &config, false).unwrap();
-    assert!(
-        p.notes.iter().any(|n| n.contains("no version line")),
-        "{:?}",
-        p.notes
-    );
-    assert!(
-        p.notes.iter().any(|n| n.contains("disables CRI")),
-        "{:?}",
-        p.notes
-    );
-    let after = t.read("config.toml");
-    assert!(
-        after.starts_with(text) && after.contains(&block(Schema::V2)),
-        "{after}"
-    );
-    run(Action::Uninstall, &config, false).unwrap();
-    assert_eq!(t.read("config.toml"), text);
-
-    let short = "[plugins.cri]\n  sandbox_image = \"k8s.gcr.io/pause:3.2\"\n";
-    t.write("config.toml", short);
     let e = run(Action::Install, &config, false).unwrap_err();
-    assert!(e.contains("plugin \"cri\" named the version 1 way"), "{e}");
+    assert!(
+        e.contains("has no version line") && e.contains("containerd config migrate"),
+        "{e}"
+    );
+    assert_eq!(t.read("config.toml"), text);
     t.write("config.toml", "version = 1\n");
     assert!(run(Action::Install, &config, false)
         .unwrap_err()
@@ -371,6 +354,21 @@ fn file_without_version() {
     assert!(run(Action::Install, &config, false)
         .unwrap_err()
         .contains("version 4"));
+}
+
+#[test]
+fn cri_disabled_is_said() {
+    let t = Tmp::new("nocri");
+    let config = t.write(
+        "config.toml",
+        "version = 2\ndisabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n",
+    );
+    let p = run(Action::Install, &config, false).unwrap();
+    assert!(
+        p.notes.iter().any(|n| n.contains("disables CRI")),
+        "{:?}",
+        p.notes
+    );
 }
 
 #[test]
