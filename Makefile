@@ -41,3 +41,14 @@ lint:
 
 clean:
 	$(CARGO) clean
+
+# Debian package target/deb/oomguard_<version>_amd64.deb (release build,
+# hack/deb.sh); test-deb installs that package with dpkg, runs it, removes it.
+.PHONY: deb test-deb
+deb: release
+	hack/deps.sh deb
+	hack/deb.sh --bin target/release/containerd-shim-oomguard-v2
+
+test-deb: deb
+	OOMGUARD_DEB=$$(hack/deb.sh --bin target/release/containerd-shim-oomguard-v2) \
+		$(CARGO) test -p oomguard-integration --test deb

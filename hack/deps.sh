@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what a fresh machine needs to build and test oomguard.
 #
-# usage: hack/deps.sh [runsc] [docker] [all]
+# usage: hack/deps.sh [runsc] [docker] [deb] [all]
 #
 #   (always)  apt (bookworm): runc busybox-static jq protobuf-compiler (protoc, for the tests' containerd gRPC client)
 #             .cache/busybox-dyn/   bookworm's dynamic busybox, unpacked (it conflicts
@@ -15,7 +15,8 @@
 #             .cache/runsc/20240729/  trixie's runsc, bin/runsc
 #   docker    .cache/docker/26/       trixie's docker.io + docker-cli (bin/dockerd, bin/docker,
 #             .cache/docker/28/       sid's docker.io + docker-cli     bin/docker-proxy, bin/docker-init)
-#   all       runsc and docker
+#   deb       apt (bookworm): dpkg-dev (dpkg-shlibdeps, for hack/deb.sh)
+#   all       runsc, docker and deb
 #
 # Idempotent: a step whose result exists is skipped, and a run with nothing to
 # do prints nothing. Newer suites are reached through a private apt
@@ -27,11 +28,13 @@ source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 want_runsc=0
 want_docker=0
+want_deb=0
 for arg in "$@"; do
 	case $arg in
 	runsc) want_runsc=1 ;;
 	docker) want_docker=1 ;;
-	all) want_runsc=1 want_docker=1 ;;
+	deb) want_deb=1 ;;
+	all) want_runsc=1 want_docker=1 want_deb=1 ;;
 	-h | --help) usage 0 ;;
 	*)
 		echo "deps.sh: unknown argument '$arg'" >&2
@@ -245,4 +248,8 @@ if ((want_docker)); then
 	# (trixie's dynamic tini needs glibc 2.38: not linked into bin/)
 	SKIP_BINS=tini install_tree "$CACHE/docker/26" dockerd 'Docker version 26\.' trixie:docker.io trixie:docker-cli trixie:tini
 	SKIP_BINS=tini install_tree "$CACHE/docker/28" dockerd 'Docker version 28\.' sid:docker.io sid:docker-cli trixie:tini
+fi
+
+if ((want_deb)); then
+	apt_install dpkg-dev
 fi
