@@ -1,7 +1,7 @@
 //! `containerd-shim-oomguard-v2 install` / `uninstall` against the real
 //! daemons: containerd 1.7 and 2.x started (CRI, `hack/cri/containerd.sh`) on
 //! the config.toml `install` edited, with pods under both handlers; dockerd 26
-//! on the daemon.json it edited; `containerd config dump` of the files it
+//! and 28 on the daemon.json it edited; `containerd config dump` of the files it
 //! writes (imports merged as containerd merges them); and the README, the
 //! canonical snippets and what `install` writes agreeing.
 
@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use oomguard_integration::cri::{ensure_runsc, Cri, HANDLER, RUNSC_HANDLER};
-use oomguard_integration::docker::{exit_code, Dockerd};
+use oomguard_integration::docker::{exit_code, Dockerd, PAIRS};
 use oomguard_integration::harness::{assert_ok, instance_dir, repo, shim_dir};
 
 macro_rules! on_cri_containerd {
@@ -342,6 +342,25 @@ fn config_dump_of_installed_files(version: &str) {
     let c = cri_containerd(&dump(version, &config), version);
     assert_eq!(c["default_runtime_name"].as_str(), Some("runc"));
 
+    if version == "2" {
+        // A version 2 file (1.7's stock config) on containerd 2.x: install
+        // writes the file's own schema, and 2.x migrates it.
+        let out = Command::new(bin_dir("1.7").join("containerd"))
+            .args(["config", "default"])
+            .output()
+            .unwrap();
+        assert_ok(&out, "containerd 1.7 config default");
+        fs::write(&config, stdout(&out)).unwrap();
+        install(&args[..4]);
+        assert!(fs::read_to_string(&config)
+            .unwrap()
+            .contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.oomguard]"));
+        assert_eq!(
+            handler_config_paths("2", &config),
+            expected_paths(&config_dir)
+        );
+    }
+
     // No file: the schema of the containerd on PATH.
     let missing = s.0.join("new/config.toml");
     let path = format!(
@@ -424,13 +443,23 @@ fn file_without_version_is_refused(version: &str) {
     assert!(!config_dir.exists());
 }
 
-/// dockerd 26 (on containerd 1.7) on an operator's daemon.json that install
-/// edited: `docker run --runtime oomguard` works, an OOM is OOMKilled/137,
-/// `oomguard-runsc` runs in gVisor; uninstall gives the file back.
 #[test]
 fn docker_26_on_the_installed_daemon_json() {
+    docker_on_the_installed_daemon_json(PAIRS[0]);
+}
+
+#[test]
+fn docker_28_on_the_installed_daemon_json() {
+    docker_on_the_installed_daemon_json(PAIRS[1]);
+}
+
+/// dockerd (26 on containerd 1.7, 28 on 2.x) on an operator's daemon.json
+/// that install edited: `docker run --runtime oomguard` works, an OOM is
+/// OOMKilled/137, `oomguard-runsc` runs in gVisor; uninstall gives the file
+/// back.
+fn docker_on_the_installed_daemon_json((docker, containerd): (&str, &str)) {
     oomguard_integration::docker::ensure_deps(&["runsc"]);
-    let s = Scratch::new("install-docker");
+    let s = Scratch::new(&format!("install-docker{docker}"));
     let daemon_json = s.0.join("daemon.json");
     let operator = "{\n  \"log-driver\": \"json-file\",\n  \"log-opts\": {\n    \"max-size\": \"10m\",\n    \"max-file\": \"3\"\n  }\n}\n";
     fs::write(&daemon_json, operator).unwrap();
@@ -447,7 +476,7 @@ fn docker_26_on_the_installed_daemon_json() {
         serde_json::from_str(&fs::read_to_string(&daemon_json).unwrap()).unwrap();
     assert_eq!(installed["log-opts"]["max-size"], "10m");
 
-    let d = Dockerd::start_with("26", "1.7", Some(&daemon_json));
+    let d = Dockerd::start_with(docker, containerd, Some(&daemon_json));
     let out = d.run("oomguard", "hello", &[], &["echo", "hello"]);
     assert_eq!(
         (exit_code(&out), stdout(&out)),

@@ -79,8 +79,14 @@ impl Plan {
         let stamp = timestamp(SystemTime::now());
         let mut done = Vec::new();
         for c in &self.changes {
+            // A config that is a symlink (to a file a tool manages) keeps the
+            // link: the file it points at is what changes.
+            let target = match &c.before {
+                Some(_) => fs::canonicalize(&c.path).unwrap_or_else(|_| c.path.clone()),
+                None => c.path.clone(),
+            };
             let backup = match (&c.before, c.backup) {
-                (Some(_), true) => Some(backup(&c.path, &stamp).map_err(|e| {
+                (Some(_), true) => Some(backup(&target, &stamp).map_err(|e| {
                     format!(
                         "{}: backup failed: {e}; not changed{}",
                         c.path.display(),
@@ -90,7 +96,7 @@ impl Plan {
                 _ => None,
             };
             let result = match &c.after {
-                Some(text) => write_atomic(&c.path, text),
+                Some(text) => write_atomic(&target, text),
                 None => fs::remove_file(&c.path),
             };
             result.map_err(|e| format!("{}: {e}{}", c.path.display(), so_far(&done)))?;
@@ -299,6 +305,38 @@ mod tests {
             "c\n"
         );
         assert!(!gone.exists() && !gone.parent().unwrap().exists());
+        fs::remove_dir_all(&d).unwrap();
+    }
+
+    #[test]
+    fn a_symlinked_config_keeps_its_link() {
+        let d = tmpdir("symlink");
+        let real = d.join("managed/config.toml");
+        fs::create_dir_all(real.parent().unwrap()).unwrap();
+        fs::write(&real, "a\n").unwrap();
+        let link = d.join("config.toml");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let mut plan = Plan::default();
+        plan.change(
+            Change {
+                path: link.clone(),
+                before: Some("a\n".into()),
+                after: Some("b\n".into()),
+                what: "edited".into(),
+                backup: true,
+            },
+            None,
+        );
+        let report = plan.apply().unwrap();
+        assert!(fs::symlink_metadata(&link)
+            .unwrap()
+            .file_type()
+            .is_symlink());
+        assert_eq!(fs::read_to_string(&real).unwrap(), "b\n");
+        assert!(
+            report[0].contains("managed/config.toml.oomguard-backup-"),
+            "{report:?}"
+        );
         fs::remove_dir_all(&d).unwrap();
     }
 }
