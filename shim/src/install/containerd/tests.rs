@@ -313,7 +313,7 @@ fn drop_in_names_follow_the_glob() {
             doc: tables::parse(Path::new("x"), &text).unwrap(),
             text,
         };
-        drop_in_path(&main, schema, &mut plan)
+        imports::drop_in_path(&main, schema, &mut plan)
     };
     let p = |s: &str| Some(PathBuf::from(s));
     assert_eq!(
