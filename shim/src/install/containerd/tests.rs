@@ -484,3 +484,34 @@ fn dry_run_shows_a_diff_and_writes_nothing() {
     );
     assert_eq!(t.read("config.toml"), OPERATOR);
 }
+
+#[test]
+fn dotted_keys_get_header_tables_beside_them() {
+    let t = Tmp::new("dotted");
+    let text = "version = 2\n\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  containerd.snapshotter = \"overlayfs\"\n  containerd.default_runtime_name = \"runc\"\n  containerd.runtimes.runc.runtime_type = \"io.containerd.runc.v2\"\n\n[metrics]\n  address = \"127.0.0.1:1338\"\n";
+    let config = t.write("config.toml", text);
+    run(Action::Install, &config, true).unwrap();
+    let after = t.read("config.toml");
+    assert!(
+        after.contains("  containerd.default_runtime_name = \"oomguard\" # set by"),
+        "{after}"
+    );
+    assert!(after.contains(&block(Schema::V2)), "{after}");
+    let pos = |s| after.find(s).unwrap();
+    assert!(
+        pos("runtimes.oomguard-runsc.options]") < pos("[metrics]"),
+        "{after}"
+    );
+    let parsed: toml::Table = toml::from_str(&after).unwrap();
+    let c = &parsed["plugins"]["io.containerd.grpc.v1.cri"]["containerd"];
+    assert_eq!(
+        c["runtimes"]["runc"]["runtime_type"].as_str(),
+        Some("io.containerd.runc.v2")
+    );
+    assert_eq!(
+        c["runtimes"]["oomguard"]["runtime_type"].as_str(),
+        Some("io.containerd.oomguard.v2")
+    );
+    run(Action::Uninstall, &config, false).unwrap();
+    assert_eq!(t.read("config.toml"), text);
+}
