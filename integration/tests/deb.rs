@@ -77,9 +77,20 @@ impl Drop for PurgeOnDrop {
     }
 }
 
-fn build() -> (PathBuf, Option<PathBuf>) {
+/// The directory a built package lives in, removed on drop.
+struct Scratch(Option<PathBuf>);
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Some(d) = &self.0 {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+fn build() -> (PathBuf, Scratch) {
     if let Ok(deb) = std::env::var("OOMGUARD_DEB") {
-        return (PathBuf::from(deb), None);
+        return (PathBuf::from(deb), Scratch(None));
     }
     hack("deps.sh", &["deb"], "hack/deps.sh deb");
     let out_dir = instance_dir("deb");
@@ -90,8 +101,9 @@ fn build() -> (PathBuf, Option<PathBuf>) {
         .arg(&out_dir)
         .env("OOMGUARD_DEB_COMPRESSION", "gzip");
     let out = cmd.output().expect("hack/deb.sh");
+    let scratch = Scratch(Some(out_dir));
     assert_ok(&out, "hack/deb.sh");
-    (PathBuf::from(text(&out).trim()), Some(out_dir))
+    (PathBuf::from(text(&out).trim()), scratch)
 }
 
 #[test]
@@ -168,7 +180,5 @@ fn package_installs_runs_and_removes_cleanly() {
     assert_eq!(status(), "not-installed");
     drop(purge);
     drop(lock);
-    if let Some(d) = scratch {
-        let _ = std::fs::remove_dir_all(d);
-    }
+    drop(scratch);
 }

@@ -12,7 +12,7 @@ use std::process::{Command, Output};
 
 use oomguard_integration::cri::{ensure_runsc, Cri, HANDLER, RUNSC_HANDLER};
 use oomguard_integration::docker::{exit_code, Dockerd, PAIRS};
-use oomguard_integration::harness::{assert_ok, instance_dir, repo, shim_dir};
+use oomguard_integration::harness::{assert_ok, hack_stop, instance_dir, repo, shim_dir};
 
 macro_rules! on_cri_containerd {
     ($($scenario:ident),* $(,)?) => {
@@ -45,6 +45,23 @@ impl Scratch {
 impl Drop for Scratch {
     fn drop(&mut self) {
         let _ = fs::remove_dir_all(&self.0);
+    }
+}
+
+/// A directory `Cri::prepare` made: stopped and removed on drop (a no-op once
+/// a `Cri` started in it has stopped), so a test failing before the start
+/// leaves nothing either.
+struct Prepared(PathBuf);
+
+impl Prepared {
+    fn new(version: &str) -> Prepared {
+        Prepared(Cri::prepare(version))
+    }
+}
+
+impl Drop for Prepared {
+    fn drop(&mut self) {
+        hack_stop("cri/containerd.sh", &self.0);
     }
 }
 
@@ -168,7 +185,8 @@ fn run_pods_under_both_handlers(c: &Cri) {
 /// back byte for byte.
 fn cri_on_the_installed_config(version: &str) {
     ensure_runsc();
-    let dir = Cri::prepare(version);
+    let prepared = Prepared::new(version);
+    let dir = prepared.0.clone();
     let config = dir.join("config.toml");
     let stock = fs::read_to_string(&config).unwrap();
     assert!(!stock.contains("io.containerd.oomguard.v2"), "{stock}");
@@ -228,7 +246,8 @@ fn cri_on_the_installed_config(version: &str) {
 /// which the pause container needs here) still hold: the pods run.
 fn cri_with_an_imports_drop_in(version: &str) {
     ensure_runsc();
-    let dir = Cri::prepare(version);
+    let prepared = Prepared::new(version);
+    let dir = prepared.0.clone();
     let config = dir.join("config.toml");
     let conf_d = dir.join("conf.d");
     fs::create_dir_all(&conf_d).unwrap();
