@@ -5,11 +5,13 @@
 //! ContainerStats, several containers per pod, and that removing a pod
 //! leaves nothing behind.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use k8s_cri::v1::NamespaceMode;
 use oomguard_integration::cri::{
-    ensure_runsc, Cri, HANDLER, IMAGE, PAUSE_IMAGE, RUNSC_HANDLER, STOCK_HANDLER,
+    ensure_runsc, Cri, Pod, HANDLER, IMAGE, PAUSE_IMAGE, RUNSC_HANDLER, STOCK_HANDLER,
 };
+use oomguard_integration::harness::unique;
 
 macro_rules! on_every_containerd {
     ($($(#[$attr:meta])* $scenario:ident),* $(,)?) => {
@@ -26,6 +28,7 @@ on_every_containerd!(
     // exec process (the exec's verdict publishes TaskOOM but nothing kills
     // the container).
     exec_oom_kills_the_container,
+    children_of_a_shared_or_host_pid_container_are_killed,
     runsc_lifecycle,
     runsc_pod_oom,
 );
@@ -168,6 +171,97 @@ fn exec_oom_kills_the_container(version: &str) {
     assert_eq!(r.exit_code, 137, "the exec's own status");
     assert_eq!(c.exit_of(&a), reason(137, "OOMKilled"));
     c.remove_pod(&pod);
+    c.assert_clean();
+}
+
+/// Host processes whose command line is `cmd` and that are not zombies.
+fn running(cmd: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let zombie = stat.rsplit(") ").next()?.starts_with('Z');
+            (!zombie && String::from_utf8_lossy(&cmdline).replace('\0', " ").trim() == cmd)
+                .then_some(pid)
+        })
+        .collect()
+}
+
+/// A pod and container config whose pid namespace is `mode` (Pod: the
+/// pod shares its process namespace; Node: hostPID).
+fn pid_mode_pod(c: &Cri, name: &str, mode: NamespaceMode, handler: &str) -> Pod {
+    let mut config = c.pod_config(name);
+    let ns = config
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+        .expect("pod namespace options");
+    ns.pid = mode as i32;
+    c.run_pod_with(config, handler)
+}
+
+fn run_with_pid_mode(c: &Cri, pod: &Pod, name: &str, script: &str, mode: NamespaceMode) -> String {
+    let mut config = c.container_config(name, script, None);
+    let ns = config
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+        .expect("container namespace options");
+    ns.pid = mode as i32;
+    let id = c.create_container_with(pod, config);
+    c.start_container(&id);
+    id
+}
+
+/// Kubernetes' shareProcessNamespace and hostPID: the container's init (a
+/// shell, like critest's nginx) leaves a child that lives on in the pod's
+/// (or host's) pid namespace and holds the container's output open. CRI
+/// waits for that output to close, so without the shim killing the rest of
+/// the container at its init's exit, StopContainer hangs (until CRI's own
+/// timeout) and pod teardown with it.
+fn children_of_a_shared_or_host_pid_container_are_killed(version: &str) {
+    let c = Cri::start(version);
+    for (name, mode) in [
+        ("sharedpid", NamespaceMode::Pod),
+        ("hostpid", NamespaceMode::Node),
+    ] {
+        let pod = pid_mode_pod(&c, name, mode, HANDLER);
+        // StopContainer: SIGTERM ends the shell; its child must go too.
+        let marker = format!("sleep {}", 100_000 + unique());
+        let web = run_with_pid_mode(&c, &pod, "web", &format!("{marker} & wait"), mode);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while running(&marker).is_empty() {
+            assert!(Instant::now() < deadline, "{name}: {marker} never started");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let started = Instant::now();
+        c.stop_container(&web, 10);
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{name}: StopContainer took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(c.exit_of(&web).0, 143, "{name}: the shell's SIGTERM");
+        assert_eq!(running(&marker), Vec::<i32>::new(), "{name}: child left");
+        // The init ends on its own, its child still running.
+        let marker = format!("sleep {}", 100_000 + unique());
+        let job = run_with_pid_mode(&c, &pod, "job", &format!("{marker} & exit 0"), mode);
+        assert_eq!(c.exit_of(&job), reason(0, "Completed"), "{name}");
+        assert_eq!(running(&marker), Vec::<i32>::new(), "{name}: child left");
+        let started = Instant::now();
+        c.remove_pod(&pod);
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{name}: pod removal took {:?}",
+            started.elapsed()
+        );
+    }
     c.assert_clean();
 }
 
