@@ -22,7 +22,12 @@
 #          host) and imports localhost/oomguard/pause:1 and
 #          localhost/oomguard/busybox:1 into the namespace k8s.io. Prints the
 #          socket path. OOMGUARD_CONTAINERD_EXTRA is appended after the
-#          handlers.
+#          handlers. OOMGUARD_CNI_PORTMAP=1 adds CNI's portmap plugin (host
+#          ports, with iptables rules inside the private namespace only).
+#          OOMGUARD_CRI_MOUNTNS=1 starts containerd in a mount namespace of
+#          its own, with shared propagation (mounts of containerd, the shims
+#          and containers are then seen in /proc/CONTAINERD_PID/mountinfo,
+#          not the host's).
 #   stop   hack/containerd.sh stop DIR, then removes the network namespace.
 #   netns  Prints the network namespace's name.
 set -euo pipefail
@@ -66,21 +71,28 @@ cmd_start() {
 	fi
 	# Only the network namespace changes: containerd (and the shims, CNI
 	# plugins and containers it starts) see the host's mounts and cgroups.
+	local -a mountns=()
+	if [[ ${OOMGUARD_CRI_MOUNTNS:-0} == 1 ]]; then
+		# A mount namespace of its own whose mounts are shared (this host's
+		# "/" is private): mount propagation into and out of containers
+		# works there without changing the host's mounts.
+		mountns=(unshare --mount --propagation shared)
+	fi
 	sock=$(OOMGUARD_CONTAINERD_EXTRA=$extra OOMGUARD_SANDBOX_IMAGE=localhost/oomguard/pause:1 \
-		nsenter --net="/run/netns/$ns" "$REPO/hack/containerd.sh" start "$ver" "$dir" "$shim_dir")
+		"${mountns[@]}" nsenter --net="/run/netns/$ns" "$REPO/hack/containerd.sh" start "$ver" "$dir" "$shim_dir")
 
 	local conf="$dir/cni/net.d/10-oomguard.conflist"
 	if [[ ! -e $conf ]]; then
 		mkdir -p "$dir/cni/ipam"
-		jq -n --arg data "$dir/cni/ipam" '{
+		jq -n --arg data "$dir/cni/ipam" --argjson portmap "${OOMGUARD_CNI_PORTMAP:-0}" '{
 			cniVersion: "1.0.0",
 			name: "oomguard",
-			plugins: [{
+			plugins: ([{
 				type: "bridge", bridge: "oomguard0", isGateway: true, ipMasq: false,
 				hairpinMode: true,
 				ipam: {type: "host-local", dataDir: $data,
 					ranges: [[{subnet: "10.88.0.0/16"}]], routes: [{dst: "0.0.0.0/0"}]}
-			}]
+			}] + (if $portmap == 1 then [{type: "portmap", capabilities: {portMappings: true}}] else [] end))
 		}' >"$conf.tmp"
 		mv "$conf.tmp" "$conf"
 	fi
