@@ -13,7 +13,9 @@
 #              (VER 1.6, 1.7) or hack/cri/containerd-2.x.toml (VER 2), as they
 #              are except that their "version = N" line is dropped (the
 #              generated config has it) and "/etc/oomguard/" becomes
-#              $REPO/hack/cri/oomguard/ (runc.toml, runsc.toml). Handlers:
+#              $REPO/hack/cri/oomguard/ (runc.toml, runsc.toml) and the
+#              runtime_path /usr/bin/containerd-shim-oomguard-v2 becomes
+#              SHIM_DIR's. Handlers:
 #              "runc" (stock, default), "oomguard", "oomguard-runsc";
 #            - the sandbox image localhost/oomguard/pause:1.
 #          Then writes the CNI network DIR/cni/net.d/10-oomguard.conflist
@@ -40,13 +42,14 @@ netns_name() {
 
 # The README's CRI snippet for VER, made usable as OOMGUARD_CONTAINERD_EXTRA.
 handlers() {
-	local ver=$1 file
+	local ver=$1 shim_dir=$2 file
 	case $ver in
 	1.6 | 1.7) file="$REPO/hack/cri/containerd-1.x.toml" ;;
 	2) file="$REPO/hack/cri/containerd-2.x.toml" ;;
 	*) die "unknown containerd version '$ver' (expected 1.6, 1.7 or 2)" ;;
 	esac
-	sed -e '/^version = [0-9]*$/d' -e "s#/etc/oomguard/#$REPO/hack/cri/oomguard/#g" "$file"
+	sed -e '/^version = [0-9]*$/d' -e "s#/etc/oomguard/#$REPO/hack/cri/oomguard/#g" \
+		-e "s#/usr/bin/containerd-shim-oomguard-v2#$shim_dir/containerd-shim-oomguard-v2#g" "$file"
 }
 
 cmd_start() {
@@ -65,7 +68,7 @@ cmd_start() {
 	ip -n "$ns" link set lo up || die "could not bring lo up in $ns"
 
 	local extra sock
-	extra=$(handlers "$ver")
+	extra=$(handlers "$ver" "$(abs_dir "$shim_dir")")
 	if [[ -n ${OOMGUARD_CONTAINERD_EXTRA:-} ]]; then
 		extra+=$'\n'"$OOMGUARD_CONTAINERD_EXTRA"
 	fi

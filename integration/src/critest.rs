@@ -203,10 +203,11 @@ impl Lane {
 
     /// The pid of this lane's containerd.
     pub fn containerd_pid(&self) -> i32 {
-        std::fs::read_to_string(self.dir.join("containerd.pid"))
-            .ok()
-            .and_then(|p| p.trim().parse().ok())
-            .expect("critest lane: containerd.pid")
+        read_pid(&self.dir.join("containerd.pid")).expect("critest lane: containerd.pid")
+    }
+
+    fn registry_pid(&self) -> i32 {
+        read_pid(&self.dir.join("registry/registry.pid")).unwrap_or(0)
     }
 
     /// Pod and container ids CRI handed out in this instance (from the
@@ -236,16 +237,27 @@ impl Lane {
     pub fn leftovers(&self) -> Vec<String> {
         let mut left = Vec::new();
         let sock = self.dir.join("containerd.sock");
-        let needle = format!("-address {}", sock.display());
+        // Shims (-address DIR/containerd.sock), sandboxes and gofers
+        // (--bundle=DIR/...): anything naming DIR but containerd itself and
+        // the registry.
+        let dir = self.dir.display().to_string();
+        let ours = [self.containerd_pid(), self.registry_pid()];
         let deadline = Instant::now() + Duration::from_secs(10);
-        let shims = loop {
-            let shims = processes_with(&needle);
-            if shims.is_empty() || Instant::now() > deadline {
-                break shims;
+        let procs = loop {
+            let procs: Vec<(i32, String)> = processes_with(&dir)
+                .into_iter()
+                .filter(|(p, _)| !ours.contains(p))
+                .collect();
+            if procs.is_empty() || Instant::now() > deadline {
+                break procs;
             }
             std::thread::sleep(Duration::from_millis(200));
         };
-        left.extend(shims.into_iter().map(|p| format!("shim process {p}")));
+        left.extend(
+            procs.into_iter().map(|(p, cmd)| {
+                format!("process {p}: {}", cmd.chars().take(160).collect::<String>())
+            }),
+        );
         // containerd runs in a mount namespace of its own (propagation).
         let mounts = std::fs::read_to_string(format!("/proc/{}/mountinfo", self.containerd_pid()))
             .unwrap_or_default();
@@ -316,8 +328,12 @@ impl Drop for Lane {
     }
 }
 
-/// Pids whose command line contains `needle`.
-fn processes_with(needle: &str) -> Vec<i32> {
+fn read_pid(path: &Path) -> Option<i32> {
+    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+}
+
+/// Processes (pid, command line) whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<(i32, String)> {
     let mut pids = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
         let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
@@ -326,11 +342,9 @@ fn processes_with(needle: &str) -> Vec<i32> {
         let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
             continue;
         };
-        if String::from_utf8_lossy(&cmdline)
-            .replace('\0', " ")
-            .contains(needle)
-        {
-            pids.push(pid);
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        if cmdline.contains(needle) && pid != std::process::id() as i32 {
+            pids.push((pid, cmdline));
         }
     }
     pids
