@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: all deps build release demo test test-v2-soak unit integration lint bench clean
+.PHONY: all deps build release demo test test-v2-soak unit integration lint bench clean critest critest-where
 
 all: build
 
@@ -19,9 +19,21 @@ release:
 demo: deps build
 	hack/demo.sh
 
-# Unit tests, then integration tests against real containerd 1.6/1.7/2.x.
-test: deps build lint
+# Unit tests, then integration tests against real containerd 1.6/1.7/2.x
+# (the critest lanes among them: integration/tests/critest.rs).
+test: deps build lint critest-where
 	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
+
+# Says where critest is, or plainly that its lanes will be skipped.
+critest-where:
+	@hack/critest/setup.sh --where >/dev/null 2>&1 \
+		&& echo "critest: $$(hack/critest/setup.sh --where)" \
+		|| echo "critest: NOT FOUND (set CRITEST or put cri-tools' critest in ../shared/critest/): the critest lanes are SKIPPED"
+
+# Kubernetes conformance only: critest on containerd 1.7 and 2.x, stock
+# handlers beside oomguard's (results in .cache/critest/results-*.md).
+critest: deps build critest-where
+	$(CARGO) test -p oomguard-integration --test critest -- --test-threads=2 --nocapture
 
 unit: build
 	$(CARGO) test --workspace --bins --lib

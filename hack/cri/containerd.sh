@@ -14,7 +14,9 @@
 #              (VER 1.6, 1.7) or hack/cri/containerd-2.x.toml (VER 2), as they
 #              are except that their "version = N" line is dropped (the
 #              generated config has it) and "/etc/oomguard/" becomes
-#              $REPO/hack/cri/oomguard/ (runc.toml, runsc.toml). Handlers:
+#              $REPO/hack/cri/oomguard/ (runc.toml, runsc.toml) and the
+#              runtime_path /usr/bin/containerd-shim-oomguard-v2 becomes
+#              SHIM_DIR's. Handlers:
 #              "runc" (stock, default), "oomguard", "oomguard-runsc";
 #            - the sandbox image localhost/oomguard/pause:1.
 #          Then writes the CNI network DIR/cni/net.d/10-oomguard.conflist
@@ -23,7 +25,12 @@
 #          host) and imports localhost/oomguard/pause:1 and
 #          localhost/oomguard/busybox:1 into the namespace k8s.io. Prints the
 #          socket path. OOMGUARD_CONTAINERD_EXTRA is appended after the
-#          handlers.
+#          handlers. OOMGUARD_CNI_PORTMAP=1 adds CNI's portmap plugin (host
+#          ports, with iptables rules inside the private namespace only).
+#          OOMGUARD_CRI_MOUNTNS=1 starts containerd in a mount namespace of
+#          its own, with shared propagation (mounts of containerd, the shims
+#          and containers are then seen in /proc/CONTAINERD_PID/mountinfo,
+#          not the host's).
 #   stop   hack/containerd.sh stop DIR, then removes the network namespace.
 #   netns  Prints the network namespace's name.
 #   config Writes DIR/config.toml for a later start (CRI, the pause image, no
@@ -41,13 +48,14 @@ netns_name() {
 
 # The README's CRI snippet for VER, made usable as OOMGUARD_CONTAINERD_EXTRA.
 handlers() {
-	local ver=$1 file
+	local ver=$1 shim_dir=$2 file
 	case $ver in
 	1.6 | 1.7) file="$REPO/hack/cri/containerd-1.x.toml" ;;
 	2) file="$REPO/hack/cri/containerd-2.x.toml" ;;
 	*) die "unknown containerd version '$ver' (expected 1.6, 1.7 or 2)" ;;
 	esac
-	sed -e '/^version = [0-9]*$/d' -e "s#/etc/oomguard/#$REPO/hack/cri/oomguard/#g" "$file"
+	sed -e '/^version = [0-9]*$/d' -e "s#/etc/oomguard/#$REPO/hack/cri/oomguard/#g" \
+		-e "s#/usr/bin/containerd-shim-oomguard-v2#$shim_dir/containerd-shim-oomguard-v2#g" "$file"
 }
 
 cmd_start() {
@@ -66,27 +74,34 @@ cmd_start() {
 	ip -n "$ns" link set lo up || die "could not bring lo up in $ns"
 
 	local extra sock
-	extra=$(handlers "$ver")
+	extra=$(handlers "$ver" "$(abs_dir "$shim_dir")")
 	if [[ -n ${OOMGUARD_CONTAINERD_EXTRA:-} ]]; then
 		extra+=$'\n'"$OOMGUARD_CONTAINERD_EXTRA"
 	fi
 	# Only the network namespace changes: containerd (and the shims, CNI
 	# plugins and containers it starts) see the host's mounts and cgroups.
+	local -a mountns=()
+	if [[ ${OOMGUARD_CRI_MOUNTNS:-0} == 1 ]]; then
+		# A mount namespace of its own whose mounts are shared (this host's
+		# "/" is private): mount propagation into and out of containers
+		# works there without changing the host's mounts.
+		mountns=(unshare --mount --propagation shared)
+	fi
 	sock=$(OOMGUARD_CONTAINERD_EXTRA=$extra OOMGUARD_SANDBOX_IMAGE=localhost/oomguard/pause:1 \
-		nsenter --net="/run/netns/$ns" "$REPO/hack/containerd.sh" start "$ver" "$dir" "$shim_dir")
+		"${mountns[@]}" nsenter --net="/run/netns/$ns" "$REPO/hack/containerd.sh" start "$ver" "$dir" "$shim_dir")
 
 	local conf="$dir/cni/net.d/10-oomguard.conflist"
 	if [[ ! -e $conf ]]; then
 		mkdir -p "$dir/cni/ipam"
-		jq -n --arg data "$dir/cni/ipam" '{
+		jq -n --arg data "$dir/cni/ipam" --argjson portmap "${OOMGUARD_CNI_PORTMAP:-0}" '{
 			cniVersion: "1.0.0",
 			name: "oomguard",
-			plugins: [{
+			plugins: ([{
 				type: "bridge", bridge: "oomguard0", isGateway: true, ipMasq: false,
 				hairpinMode: true,
 				ipam: {type: "host-local", dataDir: $data,
 					ranges: [[{subnet: "10.88.0.0/16"}]], routes: [{dst: "0.0.0.0/0"}]}
-			}]
+			}] + (if $portmap == 1 then [{type: "portmap", capabilities: {portMappings: true}}] else [] end))
 		}' >"$conf.tmp"
 		mv "$conf.tmp" "$conf"
 	fi

@@ -16,7 +16,7 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 
 use crate::harness::{
-    hack, hack_start, hack_stop, instance_dir, shim_dir, show_log_if_failing, tail, unique,
+    hack, hack_start, hack_stop, instance_dir, repo, shim_dir, show_log_if_failing, tail, unique,
 };
 
 /// Handlers registered by `hack/cri/containerd-*.toml` (and the stock one).
@@ -56,7 +56,13 @@ impl Cri {
     /// Starts containerd `version` for CRI and waits until CRI reports the
     /// runtime and the network ready.
     pub fn start(version: &str) -> Cri {
-        Cri::start_in(version, instance_dir(&format!("cri{version}")))
+        Self::start_with(version, "")
+    }
+
+    /// `start` with more CRI runtime handlers: `extra` is TOML appended to
+    /// containerd's configuration (OOMGUARD_CONTAINERD_EXTRA).
+    pub fn start_with(version: &str, extra: &str) -> Cri {
+        Self::start_in_with(version, instance_dir(&format!("cri{version}")), extra)
     }
 
     /// A directory for `start_in` with the config.toml a private CRI
@@ -76,13 +82,35 @@ impl Cri {
     /// Starts containerd `version` for CRI in `dir` (on DIR/config.toml as it
     /// is, when `prepare` made it).
     pub fn start_in(version: &str, dir: PathBuf) -> Cri {
-        let socket = PathBuf::from(hack_start(
-            "cri/containerd.sh",
-            version,
-            &dir,
-            &shim_dir(),
-            &format!("containerd {version} (CRI) did not start"),
-        ));
+        Self::start_in_with(version, dir, "")
+    }
+
+    fn start_in_with(version: &str, dir: PathBuf, extra: &str) -> Cri {
+        let socket = if extra.is_empty() {
+            hack_start(
+                "cri/containerd.sh",
+                version,
+                &dir,
+                &shim_dir(),
+                &format!("containerd {version} (CRI) did not start"),
+            )
+        } else {
+            let out = std::process::Command::new(repo().join("hack/cri/containerd.sh"))
+                .arg("start")
+                .arg(version)
+                .arg(&dir)
+                .arg(shim_dir())
+                .env("OOMGUARD_CONTAINERD_EXTRA", extra)
+                .output()
+                .expect("run hack/cri/containerd.sh");
+            assert!(
+                out.status.success(),
+                "containerd {version} (CRI) did not start: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        let socket = PathBuf::from(socket);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
@@ -242,6 +270,21 @@ impl Cri {
         )
         .unwrap_or_else(|e| panic!("{dir}/memory.limit_in_bytes: {e}"));
         name
+    }
+
+    /// RunPodSandbox as it answered (for handlers expected to fail).
+    pub fn try_run_pod(&self, name: &str, handler: &str) -> Result<String, tonic::Status> {
+        let r = self.call(
+            "RunPodSandbox",
+            self.rs().run_pod_sandbox(RunPodSandboxRequest {
+                config: Some(self.pod_config(name)),
+                runtime_handler: handler.to_string(),
+            }),
+        );
+        if let Ok(ok) = &r {
+            self.ids.lock().unwrap().push(ok.pod_sandbox_id.clone());
+        }
+        r.map(|ok| ok.pod_sandbox_id)
     }
 
     /// RunPodSandbox with `handler` (the RuntimeClass handler).

@@ -1,4 +1,5 @@
 pub mod cri;
+pub mod critest;
 pub mod docker;
 pub mod harness;
 

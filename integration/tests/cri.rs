@@ -5,11 +5,13 @@
 //! ContainerStats, several containers per pod, and that removing a pod
 //! leaves nothing behind.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use k8s_cri::v1::NamespaceMode;
 use oomguard_integration::cri::{
-    ensure_runsc, Cri, HANDLER, IMAGE, PAUSE_IMAGE, RUNSC_HANDLER, STOCK_HANDLER,
+    ensure_runsc, Cri, Pod, HANDLER, IMAGE, PAUSE_IMAGE, RUNSC_HANDLER, STOCK_HANDLER,
 };
+use oomguard_integration::harness::unique;
 
 macro_rules! on_every_containerd {
     ($($(#[$attr:meta])* $scenario:ident),* $(,)?) => {
@@ -26,6 +28,9 @@ on_every_containerd!(
     // exec process (the exec's verdict publishes TaskOOM but nothing kills
     // the container).
     exec_oom_kills_the_container,
+    children_of_a_shared_or_host_pid_container_are_killed,
+    runsc_children_of_a_shared_pid_container_are_killed,
+    bad_handlers_are_named,
     runsc_lifecycle,
     runsc_pod_oom,
 );
@@ -171,6 +176,181 @@ fn exec_oom_kills_the_container(version: &str) {
     c.assert_clean();
 }
 
+/// Host processes whose command line is `cmd` and that are not zombies.
+fn running(cmd: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let zombie = stat.rsplit(") ").next()?.starts_with('Z');
+            (!zombie && String::from_utf8_lossy(&cmdline).replace('\0', " ").trim() == cmd)
+                .then_some(pid)
+        })
+        .collect()
+}
+
+/// A pod and container config whose pid namespace is `mode` (Pod: the
+/// pod shares its process namespace; Node: hostPID).
+fn pid_mode_pod(c: &Cri, name: &str, mode: NamespaceMode, handler: &str) -> Pod {
+    let mut config = c.pod_config(name);
+    let ns = config
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+        .expect("pod namespace options");
+    ns.pid = mode as i32;
+    c.run_pod_with(config, handler)
+}
+
+fn run_with_pid_mode(c: &Cri, pod: &Pod, name: &str, script: &str, mode: NamespaceMode) -> String {
+    let mut config = c.container_config(name, script, None);
+    let ns = config
+        .linux
+        .as_mut()
+        .and_then(|l| l.security_context.as_mut())
+        .and_then(|s| s.namespace_options.as_mut())
+        .expect("container namespace options");
+    ns.pid = mode as i32;
+    let id = c.create_container_with(pod, config);
+    c.start_container(&id);
+    id
+}
+
+/// Kubernetes' shareProcessNamespace and hostPID: the container's init (a
+/// shell, like critest's nginx) leaves a child that lives on in the pod's
+/// (or host's) pid namespace and holds the container's output open. CRI
+/// waits for that output to close, so without the shim killing the rest of
+/// the container at its init's exit, StopContainer hangs (until CRI's own
+/// timeout) and pod teardown with it.
+fn children_of_a_shared_or_host_pid_container_are_killed(version: &str) {
+    let c = Cri::start(version);
+    for (name, mode) in [
+        ("sharedpid", NamespaceMode::Pod),
+        ("hostpid", NamespaceMode::Node),
+    ] {
+        children_killed(&c, name, mode, HANDLER, &|marker| {
+            running(marker).is_empty()
+        });
+    }
+    c.assert_clean();
+}
+
+/// The same under gVisor (`oomguard-runsc`): a pod's containers share the
+/// sandbox's kernel, where CRI's pid sharing is honoured; the container's
+/// processes are not host processes, so `runsc kill --all` ends them inside
+/// the sandbox and `ps` inside the pod shows what is left.
+fn runsc_children_of_a_shared_pid_container_are_killed(version: &str) {
+    ensure_runsc();
+    let c = Cri::start(version);
+    children_killed(
+        &c,
+        "gvisor-sharedpid",
+        NamespaceMode::Pod,
+        RUNSC_HANDLER,
+        &|_| true,
+    );
+    c.assert_clean();
+}
+
+/// StopContainer and a natural exit of a shell that leaves a child in a pod
+/// whose pid namespace is `mode`; `gone(marker)` says the child is gone.
+fn children_killed(
+    c: &Cri,
+    name: &str,
+    mode: NamespaceMode,
+    handler: &str,
+    gone: &dyn Fn(&str) -> bool,
+) {
+    {
+        let pod = pid_mode_pod(c, name, mode, handler);
+        // StopContainer: SIGTERM ends the shell; its child must go too.
+        let marker = format!("sleep {}", 100_000 + unique());
+        // A witness in the pod's pid namespace: `ps` there lists the
+        // children (also inside a gVisor sandbox).
+        let witness = run_with_pid_mode(c, &pod, "witness", "sleep 600", mode);
+        let in_pod = |marker: &str| {
+            let r = c.exec_sync(&witness, &["ps", "-o", "args"], 10);
+            String::from_utf8_lossy(&r.stdout)
+                .lines()
+                .any(|l| l.trim() == marker)
+        };
+        let web = run_with_pid_mode(c, &pod, "web", &format!("{marker} & wait"), mode);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !in_pod(&marker) {
+            assert!(Instant::now() < deadline, "{name}: {marker} never started");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        let started = Instant::now();
+        c.stop_container(&web, 10);
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "{name}: StopContainer took {:?}",
+            started.elapsed()
+        );
+        assert_eq!(c.exit_of(&web).0, 143, "{name}: the shell's SIGTERM");
+        assert!(gone(&marker) && !in_pod(&marker), "{name}: child left");
+        // The init ends on its own, its child still running.
+        let marker = format!("sleep {}", 100_000 + unique());
+        let job = run_with_pid_mode(c, &pod, "job", &format!("{marker} & exit 0"), mode);
+        assert_eq!(c.exit_of(&job), reason(0, "Completed"), "{name}");
+        assert!(gone(&marker) && !in_pod(&marker), "{name}: child left");
+        // The other containers of the pod live on.
+        let r = c.exec_sync(&witness, &["true"], 10);
+        assert_eq!(r.exit_code, 0, "{name}: the witness survives");
+        let started = Instant::now();
+        c.remove_pod(&pod);
+        assert!(
+            started.elapsed() < Duration::from_secs(15),
+            "{name}: pod removal took {:?}",
+            started.elapsed()
+        );
+    }
+}
+
+/// Handlers an operator got wrong: the runtime binary does not exist, or
+/// the ConfigPath cannot be read. RunPodSandbox fails with a message naming
+/// the binary or the file, and no shim is left behind.
+fn bad_handlers_are_named(version: &str) {
+    let plugin = if version == "2" {
+        "io.containerd.cri.v1.runtime"
+    } else {
+        "io.containerd.grpc.v1.cri"
+    };
+    let dir = std::env::temp_dir().join(format!("oomguard-badcfg-{}", unique()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let nobin = dir.join("nobinary.toml");
+    std::fs::write(&nobin, "binary_name = \"/nonexistent/bin/runc\"\n").unwrap();
+    let table = |name: &str, path: &str| {
+        format!(
+            "[plugins.\"{plugin}\".containerd.runtimes.{name}]\n  runtime_type = \"io.containerd.oomguard.v2\"\n  [plugins.\"{plugin}\".containerd.runtimes.{name}.options]\n    TypeUrl = \"io.containerd.oomguard.v1.options\"\n    ConfigPath = \"{path}\"\n"
+        )
+    };
+    let extra = table("bad-binary", nobin.to_str().unwrap())
+        + &table("bad-config", "/nonexistent/oomguard/runc.toml");
+    let c = Cri::start_with(version, &extra);
+    for (handler, named) in [
+        ("bad-binary", "/nonexistent/bin/runc"),
+        ("bad-config", "/nonexistent/oomguard/runc.toml"),
+    ] {
+        let err = c
+            .try_run_pod(handler, handler)
+            .expect_err("RunPodSandbox with a broken handler");
+        assert!(err.message().contains(named), "{handler}: {err:?}");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !c.shim_pids().is_empty() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        assert_eq!(c.shim_pids(), Vec::<i32>::new(), "{handler}: shim left");
+    }
+    c.assert_clean();
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// The handler "oomguard-runsc" (ConfigPath -> runsc.toml: runsc, platform
 /// ptrace, network none): containers of one pod in one gVisor sandbox, the
 /// reasons a kubelet sees, ExecSync, removal.
@@ -250,6 +430,17 @@ fn snippets_agree() {
                 .filter_map(|l| l.trim().strip_prefix("ConfigPath = "))
                 .map(|p| p.trim_matches('"').to_string()),
         );
+        // A runc-typed handler runs oomguard through runtime_path (where
+        // the Debian package installs it; the tests substitute theirs).
+        for l in text.lines() {
+            if let Some(p) = l.trim().strip_prefix("runtime_path = ") {
+                assert_eq!(
+                    p.trim_matches('"'),
+                    "/usr/bin/containerd-shim-oomguard-v2",
+                    "{file}"
+                );
+            }
+        }
     }
     let daemon: serde_json::Value =
         serde_json::from_str(&read("hack/docker/daemon.json")).expect("daemon.json");
@@ -259,7 +450,7 @@ fn snippets_agree() {
             config_paths.push(p.to_string());
         }
     }
-    assert!(config_paths.len() >= 5, "{config_paths:?}");
+    assert!(config_paths.len() >= 4, "{config_paths:?}");
     for p in config_paths {
         let name = p
             .strip_prefix("/etc/oomguard/")

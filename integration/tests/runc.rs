@@ -5,7 +5,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use oomguard_integration::harness::{
-    assert_exit, assert_ok, rootfs, run_with_timeout, Containerd, RUNTIME,
+    assert_exit, assert_ok, rootfs, run_with_timeout, unique, Containerd, RUNTIME,
 };
 
 use oomguard_integration::on_every_containerd;
@@ -18,6 +18,7 @@ on_every_containerd!(
     terminal_run,
     pause_resume_ps_stats_update,
     children_outliving_init,
+    children_die_with_an_init_without_its_own_pid_namespace,
     twenty_in_parallel,
     delete_after_shim_killed,
     bad_options_are_named,
@@ -355,6 +356,74 @@ fn children_outliving_init(version: &str) {
         7
     );
     c.assert_clean(&["orphans"]);
+}
+
+/// Processes still running in the container whose command line is `cmd`.
+fn processes_running(cmd: &str) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
+            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
+            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
+            let zombie = stat.rsplit(") ").next()?.starts_with('Z');
+            (!zombie && String::from_utf8_lossy(&cmdline).replace('\0', " ").trim() == cmd)
+                .then_some(pid)
+        })
+        .collect()
+}
+
+/// An init that shares another's pid namespace (or the host's) leaves its
+/// children running when it exits; the shim kills them before it reports
+/// the exit (as the Go shim does): when TaskExit arrives, the child is gone
+/// although nothing deleted the task yet. (CRI's StopContainer waits for the
+/// container's output to close, which such a child holds open.)
+fn children_die_with_an_init_without_its_own_pid_namespace(version: &str) {
+    let c = Containerd::start(version);
+    let events = c.events();
+    c.run_detached("holder", &[], &["/bin/sleep", "1000"]);
+    let ls = stdout(&c.ctr(&["task", "ls"]));
+    let holder_pid: i32 = ls
+        .lines()
+        .find(|l| l.starts_with("holder "))
+        .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+        .unwrap_or_else(|| panic!("holder's pid in: {ls}"));
+    // Children no other test runs (tests of all versions run at once).
+    let marker = || (100_000 + unique()).to_string();
+    let cases = [
+        ("joined", format!("pid:/proc/{holder_pid}/ns/pid"), marker()),
+        // The host's pid namespace (this test's; PID 1's is not readable here).
+        (
+            "hostpid",
+            format!("pid:/proc/{}/ns/pid", std::process::id()),
+            marker(),
+        ),
+    ];
+    for (id, ns, marker) in &cases {
+        let script = format!("sleep {marker} & sleep 0.5; exit 3");
+        c.run_detached(id, &["--with-ns", ns], &["/bin/sh", "-c", &script]);
+        let exit = events.init_exit(id, Duration::from_secs(10));
+        assert_eq!(exit.map(|e| e.exit_status()), Some(3), "{id}: TaskExit");
+        assert_eq!(
+            processes_running(&format!("sleep {marker}")),
+            Vec::<i32>::new(),
+            "{id}: the init's child outlived its TaskExit"
+        );
+        assert!(
+            c.log().contains(&format!(
+                "exit id={id}: init exited without a pid namespace of its own"
+            )),
+            "{id}: the kill-all is logged"
+        );
+        c.remove(id);
+    }
+    // A container with its own pid namespace needs no kill-all: the kernel
+    // ends its children with its init.
+    c.remove("holder");
+    assert!(!c.log().contains("exit id=holder: init exited without"));
+    c.assert_clean(&["holder", "joined", "hostpid"]);
 }
 
 fn twenty_in_parallel(version: &str) {

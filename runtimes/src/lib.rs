@@ -6,6 +6,7 @@
 
 pub mod command;
 pub mod gvisor;
+pub mod pidfd;
 pub mod reaper;
 pub mod runc;
 pub mod runsc;
@@ -135,6 +136,13 @@ pub trait OciRuntime: Send + Sync {
     /// gave. By default the reaper reports it (the shim is its subreaper).
     fn watch_init(&self, _id: &str, pid: i32) -> ExitReceiver {
         reaper::reaper().watch(pid)
+    }
+
+    /// Whether the container's processes are host processes (runc), which
+    /// the shim can see in the container's cgroup, or live inside a sandbox
+    /// kernel (gVisor), where only the runtime can reach them.
+    fn processes_on_host(&self) -> bool {
+        true
     }
 
     /// Whether a status is the runtime's stand-in for "unknown" rather than

@@ -222,6 +222,10 @@ impl OciRuntime for Runsc {
         monitor::evidence(self.sandbox.as_deref().unwrap_or(id)).map(|e| e.summary(id))
     }
 
+    fn processes_on_host(&self) -> bool {
+        false
+    }
+
     /// `runsc exec`/`runsc wait` exit 128 when the sandbox died under them
     /// and the real status is unavailable.
     fn status_unavailable(&self, status: &WaitStatus) -> bool {

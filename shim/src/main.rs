@@ -31,6 +31,7 @@ fn main() {
         return;
     }
     let result = match flags.action.as_str() {
+        _ if flags.info => lifecycle::info::run(),
         "start" => lifecycle::start::run(&flags),
         "delete" => lifecycle::delete::run(&flags),
         "" => lifecycle::serve::run(&flags),

@@ -294,13 +294,14 @@ pub fn verify(
         .get("plugins")
         .and_then(|p| p.get(plugin))
         .and_then(|p| p.get("containerd"));
-    for (name, _) in wanted.iter() {
+    for (name, want) in wanted.iter() {
         let rt = containerd
             .and_then(|c| c.get("runtimes"))
             .and_then(|r| r.get(name))
             .and_then(|r| r.get("runtime_type"))
             .and_then(|t| t.as_str());
-        if rt != Some(super::snippets::RUNTIME_TYPE) {
+        let want_rt = want.get("runtime_type").and_then(|t| t.as_str());
+        if rt.is_none() || rt != want_rt {
             return Err(bug(format!("runtime {name} missing after the edit")));
         }
     }

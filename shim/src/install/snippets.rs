@@ -1,6 +1,7 @@
 //! The canonical configuration snippets (the README shows them, the tests run
 //! them), compiled into the binary: what `install` writes is these files, with
-//! `/etc/oomguard/` replaced by the chosen config directory.
+//! `/etc/oomguard/` replaced by the chosen config directory and the shim's
+//! canonical path (a `runtime_path`) by the binary that runs `install`.
 
 use std::path::Path;
 
@@ -25,12 +26,27 @@ pub const CONFIG_FILES: [(&str, &str); 2] = [
 /// The config directory the snippets are written for.
 pub const CANONICAL_DIR: &str = "/etc/oomguard";
 
-/// The runtime type every oomguard handler names.
-pub const RUNTIME_TYPE: &str = "io.containerd.oomguard.v2";
+/// Where the snippets expect the shim (the Debian package's path).
+pub const CANONICAL_BINARY: &str = "/usr/bin/containerd-shim-oomguard-v2";
 
-/// `text` with the canonical config directory replaced by `dir`.
+/// `text` with the canonical config directory replaced by `dir`, and the
+/// canonical binary path by the one installing (`shim_binary`).
 pub fn for_config_dir(text: &str, dir: &Path) -> String {
     text.replace(&format!("{CANONICAL_DIR}/"), &format!("{}/", dir.display()))
+        .replace(CANONICAL_BINARY, &shim_binary())
+}
+
+/// The binary a `runtime_path` should name: this one, when it is the shim
+/// (`install` run from /usr/local/bin configures /usr/local/bin's), else
+/// (unit tests, odd characters) the canonical path.
+fn shim_binary() -> String {
+    std::env::current_exe()
+        .ok()
+        .and_then(|p| p.canonicalize().ok())
+        .filter(|p| p.file_name().is_some_and(|n| n == "containerd-shim-oomguard-v2"))
+        .and_then(|p| p.to_str().map(str::to_string))
+        .filter(|p| !p.chars().any(|c| c == '"' || c == '\\' || c.is_control()))
+        .unwrap_or_else(|| CANONICAL_BINARY.to_string())
 }
 
 /// A config directory that can stand in a TOML or JSON string as it is:
@@ -60,9 +76,16 @@ mod tests {
         for text in [CONTAINERD_V2, CONTAINERD_V3, DAEMON_JSON] {
             let out = for_config_dir(text, dir);
             assert!(!out.contains("/etc/oomguard/"), "{out}");
-            assert!(out.contains("/opt/og/runc.toml"), "{out}");
             assert!(out.contains("/opt/og/runsc.toml"), "{out}");
+            assert_eq!(
+                out.contains("/opt/og/runc.toml"),
+                text.contains("/etc/oomguard/runc.toml"),
+                "{out}"
+            );
         }
+        // Under the test harness the running binary is not the shim: the
+        // canonical runtime_path stays.
+        assert!(for_config_dir(CONTAINERD_V3, dir).contains(CANONICAL_BINARY));
     }
 
     #[test]

@@ -1,8 +1,10 @@
-//! The three ways containerd runs the binary: `start` (spawn the serving
-//! shim and print its socket address), serve (no action: answer the Task
-//! service), and `delete` (clean up after a shim that died).
+//! The ways containerd runs the binary: `start` (spawn the serving shim and
+//! print its socket address), serve (no action: answer the Task service),
+//! `delete` (clean up after a shim that died) and `-info` (describe the
+//! runtime, containerd 2.x).
 
 pub mod delete;
+pub mod info;
 pub mod serve;
 pub mod start;
 

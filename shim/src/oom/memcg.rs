@@ -206,6 +206,12 @@ impl Memcg {
         }
     }
 
+    /// The processes in this memcg (`cgroup.procs`; exited ones have left).
+    pub fn procs(&self) -> io::Result<Vec<i32>> {
+        let text = std::fs::read_to_string(self.path().join("cgroup.procs"))?;
+        Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
+    }
+
     /// The cumulative OOM kill counters of this memcg.
     pub fn oom_counters(&self) -> io::Result<OomCounters> {
         match self {

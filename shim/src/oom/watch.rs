@@ -153,6 +153,11 @@ impl OomWatch {
         }
     }
 
+    /// The container's memcg, when it could be resolved at Create.
+    pub fn memcg(&self) -> Option<&Memcg> {
+        self.memcg.as_ref()
+    }
+
     fn owns(&self, v: &Victim) -> bool {
         self.memcg_rel.as_deref().is_some_and(|rel| v.in_memcg(rel))
     }

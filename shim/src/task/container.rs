@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use log::{info, warn};
+use log::{debug, info, warn};
+use oomguard_runtimes::pidfd;
 use oomguard_runtimes::reaper::reaper;
 use oomguard_runtimes::runc::Runc;
 use oomguard_runtimes::runsc::Runsc;
@@ -20,6 +21,9 @@ use crate::rpc::{self, RpcResult};
 use crate::stdio::{self, ConsoleSocket, IoHandles, StdioSpec};
 use crate::task::process::{Process, State};
 
+/// How long the exit path waits for the processes a kill-all killed.
+const KILL_ALL_WAIT: Duration = Duration::from_secs(2);
+
 /// Where the shim keeps what `delete` needs after a crash.
 pub const SAVED_CONFIG: &str = "oomguard.json";
 
@@ -31,7 +35,31 @@ pub struct Container {
     pub init: Arc<Process>,
     pub execs: Mutex<HashMap<String, Arc<Process>>>,
     pub oom: Arc<OomWatch>,
+    /// The container has no pid namespace of its own: its processes outlive
+    /// its init unless the shim kills them (see `kills_all_on_exit`).
+    pub kill_all_on_exit: bool,
     rootfs_mounted: bool,
+}
+
+/// Whether the processes of a container outlive its init: true unless the
+/// spec gives it a pid namespace of its own (a `pid` entry without a path).
+/// A host-pid container, or one that joins another's pid namespace (a
+/// Kubernetes pod sharing its process namespace), keeps its children when
+/// the init exits; they hold the container's stdout/stderr open, and CRI's
+/// StopContainer waits for those to close. containerd's Go shim decides the
+/// same way (`ShouldKillAllOnExit`). An unreadable spec keeps the safe side:
+/// kill, as the Go shim does.
+pub fn kills_all_on_exit(spec: &serde_json::Value) -> bool {
+    let Some(namespaces) = spec.pointer("/linux/namespaces").and_then(|n| n.as_array()) else {
+        return true;
+    };
+    !namespaces.iter().any(|ns| {
+        ns.get("type").and_then(|t| t.as_str()) == Some("pid")
+            && ns
+                .get("path")
+                .and_then(|p| p.as_str())
+                .is_none_or(str::is_empty)
+    })
 }
 
 /// Builds the runtime driver a configuration names.
@@ -98,6 +126,7 @@ impl Container {
             .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
             .unwrap_or_default();
         let oom_group = oom_group_for(&spec, req.config.oom_group);
+        let kill_all_on_exit = kills_all_on_exit(&spec);
         let oom = OomWatch::start(
             req.id,
             init.pid(),
@@ -113,6 +142,7 @@ impl Container {
             init,
             execs: Mutex::new(HashMap::new()),
             oom,
+            kill_all_on_exit,
             rootfs_mounted,
         });
         Ok((container, exit))
@@ -295,6 +325,54 @@ impl Container {
         Ok((pid, exit))
     }
 
+    /// SIGKILL to every process left in the container after its init
+    /// exited (runc: its cgroup; runsc: the container's processes in the
+    /// sandbox), and, for host processes, a wait (pidfd, 2 s at most) until
+    /// they are gone, so TaskExit never precedes their end. "Already gone"
+    /// is the usual answer and not an error.
+    pub async fn kill_all_after_init(&self) {
+        match self
+            .runtime
+            .kill(&self.id, libc::SIGKILL as u32, true)
+            .await
+        {
+            Ok(()) => {}
+            Err(e) if e.is_not_running() || e.is_not_found() => {
+                debug!("exit id={}: kill --all: nothing left ({e})", self.id);
+                return;
+            }
+            Err(e) => {
+                warn!(
+                    "exit id={}: kill --all after init exit failed: {e}",
+                    self.id
+                );
+                return;
+            }
+        }
+        // Killed processes leave cgroup.procs when they exit.
+        let pids = match self
+            .oom
+            .memcg()
+            .filter(|_| self.runtime.processes_on_host())
+        {
+            Some(m) => m.procs().unwrap_or_default(),
+            None => Vec::new(),
+        };
+        let left = match pidfd::wait_exited(&pids, KILL_ALL_WAIT).await {
+            Ok(left) => left,
+            Err(e) => {
+                warn!("exit id={}: cannot wait for killed processes: {e}", self.id);
+                Vec::new()
+            }
+        };
+        info!(
+            "exit id={}: init exited without a pid namespace of its own: kill --all KILL; {} process(es) were left, {} still running after {KILL_ALL_WAIT:?}",
+            self.id,
+            pids.len(),
+            left.len()
+        );
+    }
+
     /// Removes the container from its runtime and unmounts its rootfs.
     pub async fn delete(&self) -> RpcResult<()> {
         match self.runtime.delete(&self.id, true).await {
@@ -343,5 +421,32 @@ async fn receive_console(socket: &ConsoleSocket) -> RpcResult<stdio::Console> {
         Err(_) => Err(rpc::internal(
             "console socket: runtime sent no terminal within 10s",
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(namespaces: &str) -> serde_json::Value {
+        serde_json::from_str(&format!(r#"{{"linux":{{"namespaces":{namespaces}}}}}"#)).unwrap()
+    }
+
+    #[test]
+    fn kill_all_only_without_an_own_pid_namespace() {
+        // As runc's spec and CRI write them.
+        assert!(!kills_all_on_exit(&spec(
+            r#"[{"type":"pid"},{"type":"ipc"},{"type":"mount"}]"#
+        )));
+        assert!(!kills_all_on_exit(&spec(r#"[{"type":"pid","path":""}]"#)));
+        // A pod sharing its process namespace: the pause container's.
+        assert!(kills_all_on_exit(&spec(
+            r#"[{"type":"pid","path":"/proc/4242/ns/pid"},{"type":"mount"}]"#
+        )));
+        // Host pid: no pid entry at all.
+        assert!(kills_all_on_exit(&spec(
+            r#"[{"type":"ipc"},{"type":"mount"}]"#
+        )));
+        assert!(kills_all_on_exit(&serde_json::json!({})));
     }
 }

@@ -18,10 +18,22 @@ use crate::task::container::Container;
 use crate::task::process::{ExitInfo, Process};
 
 /// How long an init's exit waits for its execs' exits to be reaped first
-/// (the kernel kills them with the pid namespace, so this is short).
+/// (the kernel kills them with the pid namespace, or the kill-all does, so
+/// this is short).
 const EXECS_FIRST: Duration = Duration::from_secs(2);
 
 pub async fn init_exited(container: Arc<Container>, exit: Exit, publisher: Publisher) {
+    // The verdict comes first, from the evidence as the init left it: it
+    // publishes a due TaskOOM and waits for containerd's answer, so a child
+    // the OOM killer took is reported as such, never as a victim of the
+    // kill-all below. A Start in progress publishes TaskStart first.
+    let verdict = {
+        let _started = container.init.starting.lock().await;
+        container.oom.settle(&exit, true).await
+    };
+    if container.kill_all_on_exit {
+        container.kill_all_after_init().await;
+    }
     let execs = container.running_execs();
     if !execs.is_empty() {
         let all = async {
@@ -37,10 +49,6 @@ pub async fn init_exited(container: Arc<Container>, exit: Exit, publisher: Publi
         }
     }
     container.init.io.lock().await.drain().await;
-    // The verdict publishes a due TaskOOM and waits for containerd's answer.
-    // A Start in progress publishes TaskStart first.
-    let _started = container.init.starting.lock().await;
-    let verdict = container.oom.settle(&exit, true).await;
     publish_exit(&container, &container.init, &exit, &verdict, &publisher);
 }
 
