@@ -130,32 +130,54 @@ fn cri_containerd(dumped: &toml::Table, version: &str) -> toml::Value {
     dumped["plugins"][cri_plugin(version)]["containerd"].clone()
 }
 
-/// The handlers as containerd `version` sees them in FILE: their config
-/// paths, in handler order (missing handlers left out).
+/// The handlers as containerd `version` sees them in FILE, in handler order
+/// (missing handlers left out): the ConfigPath of an oomguard-typed handler,
+/// `runtime_path=PATH` of a runc-typed one (the 2.x snippet's `oomguard`).
 fn handler_config_paths(version: &str, file: &Path) -> Vec<String> {
     let c = cri_containerd(&dump(version, file), version);
     [HANDLER, RUNSC_HANDLER]
         .iter()
         .filter_map(|h| c.get("runtimes")?.get(h))
-        .map(|rt| {
-            assert_eq!(
-                rt["runtime_type"].as_str(),
-                Some("io.containerd.oomguard.v2")
-            );
-            rt["options"]["ConfigPath"]
+        .map(|rt| match rt["runtime_type"].as_str() {
+            Some("io.containerd.oomguard.v2") => rt["options"]["ConfigPath"]
                 .as_str()
                 .unwrap_or("")
-                .to_string()
+                .to_string(),
+            Some("io.containerd.runc.v2") => format!(
+                "runtime_path={}",
+                rt.get("runtime_path")
+                    .and_then(|p| p.as_str())
+                    .unwrap_or("")
+            ),
+            other => panic!("unexpected runtime_type {other:?}"),
         })
         .collect()
 }
 
-/// The two handlers' config paths under CONFIG_DIR.
-fn expected_paths(config_dir: &Path) -> Vec<String> {
-    ["runc.toml", "runsc.toml"]
-        .iter()
-        .map(|f| config_dir.join(f).display().to_string())
-        .collect()
+/// What `handler_config_paths` shows after install wrote the snippet of
+/// `schema` (2: containerd 1.x, 3: 2.x): the TOML files under CONFIG_DIR; on
+/// 3, `oomguard` runs the binary that ran install.
+fn expected_paths(config_dir: &Path, schema: u8) -> Vec<String> {
+    let runsc = config_dir.join("runsc.toml").display().to_string();
+    let first = if schema == 3 {
+        let shim = shim_dir()
+            .join("containerd-shim-oomguard-v2")
+            .canonicalize()
+            .expect("the shim binary");
+        format!("runtime_path={}", shim.display())
+    } else {
+        config_dir.join("runc.toml").display().to_string()
+    };
+    vec![first, runsc]
+}
+
+/// The config schema install writes for containerd `version`.
+fn schema(version: &str) -> u8 {
+    if version == "2" {
+        3
+    } else {
+        2
+    }
 }
 
 /// Pods under both handlers on a CRI containerd: an OOM and a clean exit under
@@ -218,7 +240,7 @@ fn cri_on_the_installed_config(version: &str) {
     }
     assert_eq!(
         handler_config_paths(version, &config),
-        expected_paths(&config_dir)
+        expected_paths(&config_dir, schema(version))
     );
     assert!(config_dir.join("runsc.toml").is_file());
     let again = install(&args);
@@ -306,7 +328,7 @@ fn cri_with_an_imports_drop_in(version: &str) {
     }
     assert_eq!(
         handler_config_paths(version, &config),
-        expected_paths(&config_dir)
+        expected_paths(&config_dir, schema(version))
     );
     let dumped = dump(version, &config);
     let restrict = if version == "2" {
@@ -352,7 +374,7 @@ fn config_dump_of_installed_files(version: &str) {
     install(&args);
     assert_eq!(
         handler_config_paths(version, &config),
-        expected_paths(&config_dir)
+        expected_paths(&config_dir, schema(version))
     );
     let c = cri_containerd(&dump(version, &config), version);
     assert_eq!(c["default_runtime_name"].as_str(), Some(HANDLER));
@@ -376,7 +398,7 @@ fn config_dump_of_installed_files(version: &str) {
             .contains("[plugins.\"io.containerd.grpc.v1.cri\".containerd.runtimes.oomguard]"));
         assert_eq!(
             handler_config_paths("2", &config),
-            expected_paths(&config_dir)
+            expected_paths(&config_dir, 2)
         );
     }
 
@@ -406,7 +428,7 @@ fn config_dump_of_installed_files(version: &str) {
     assert!(text.starts_with(want), "{text}");
     assert_eq!(
         handler_config_paths(version, &missing),
-        expected_paths(&config_dir)
+        expected_paths(&config_dir, schema(version))
     );
     // And without containerd on PATH: a clear error, nothing written.
     fs::remove_file(&missing).unwrap();
@@ -574,9 +596,18 @@ fn readme_snippets_and_install_agree() {
             (config_dir.join("runsc.toml"), canonical[4].1),
         ];
         for (path, file) in written {
+            // runtime_path names the binary that ran install.
+            let shim = shim_dir()
+                .join("containerd-shim-oomguard-v2")
+                .canonicalize()
+                .expect("the shim binary");
             let want = fs::read_to_string(repo().join(file))
                 .unwrap()
-                .replace("/etc/oomguard/", &dir);
+                .replace("/etc/oomguard/", &dir)
+                .replace(
+                    "/usr/bin/containerd-shim-oomguard-v2",
+                    &shim.display().to_string(),
+                );
             assert_eq!(
                 fs::read_to_string(&path).unwrap(),
                 want,

@@ -43,7 +43,10 @@ fn shim_binary() -> String {
     std::env::current_exe()
         .ok()
         .and_then(|p| p.canonicalize().ok())
-        .filter(|p| p.file_name().is_some_and(|n| n == "containerd-shim-oomguard-v2"))
+        .filter(|p| {
+            p.file_name()
+                .is_some_and(|n| n == "containerd-shim-oomguard-v2")
+        })
         .and_then(|p| p.to_str().map(str::to_string))
         .filter(|p| !p.chars().any(|c| c == '"' || c == '\\' || c.is_control()))
         .unwrap_or_else(|| CANONICAL_BINARY.to_string())
