@@ -421,6 +421,10 @@ fn snippets_agree() {
         ),
     ] {
         let text = read(file);
+        assert!(
+            read("README.md").contains(&format!("```toml\n{text}```")),
+            "README.md does not show {file} as it is"
+        );
         for h in &handlers {
             let table = format!("[plugins.\"{plugin}\".containerd.runtimes.{h}]");
             assert!(text.contains(&table), "{file} lacks {table}");
