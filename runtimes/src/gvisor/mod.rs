@@ -8,6 +8,7 @@
 pub mod listener;
 pub mod monitor;
 pub mod trace;
+pub mod usage;
 
 pub use listener::{PeerCredentials, TraceError, TraceListener, TraceStream};
 pub use trace::{

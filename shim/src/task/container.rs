@@ -14,7 +14,8 @@ use oomguard_runtimes::{CreateOptions, ExecOptions, ExitReceiver, OciRuntime};
 
 use crate::config::RuntimeConfig;
 use crate::events::Publisher;
-use crate::oom::{oom_group_for, OomWatch};
+use crate::oom::container_limit::limit_of;
+use crate::oom::{oom_group_for, ContainerMemory, OomWatch};
 use crate::rootfs;
 use crate::rpc::{self, RpcResult};
 use crate::stdio::{self, ConsoleSocket, IoHandles, StdioSpec};
@@ -31,6 +32,8 @@ pub struct Container {
     pub init: Arc<Process>,
     pub execs: Mutex<HashMap<String, Arc<Process>>>,
     pub oom: Arc<OomWatch>,
+    /// Its own memory usage and limit where its host memcg is shared.
+    pub own_memory: Arc<ContainerMemory>,
     rootfs_mounted: bool,
 }
 
@@ -105,6 +108,7 @@ impl Container {
             req.publisher.clone(),
             runtime.clone(),
         );
+        let own_memory = ContainerMemory::new(req.id, limit_of(&spec), req.publisher.clone());
         let container = Arc::new(Container {
             id: req.id.to_string(),
             namespace: req.namespace.to_string(),
@@ -113,6 +117,7 @@ impl Container {
             init,
             execs: Mutex::new(HashMap::new()),
             oom,
+            own_memory,
             rootfs_mounted,
         });
         Ok((container, exit))
@@ -191,6 +196,7 @@ impl Container {
             .await
             .map_err(rpc::from_runtime)?;
         self.init.set_state(State::Running);
+        self.own_memory.begin(self.runtime.clone(), self.init.pid());
         Ok(self.init.pid())
     }
 

@@ -41,6 +41,7 @@ pub async fn init_exited(container: Arc<Container>, exit: Exit, publisher: Publi
     // A Start in progress publishes TaskStart first.
     let _started = container.init.starting.lock().await;
     let verdict = container.oom.settle(&exit, true).await;
+    let verdict = container.own_memory.settle(verdict).await;
     publish_exit(&container, &container.init, &exit, &verdict, &publisher);
 }
 
