@@ -140,8 +140,13 @@ pub enum OwnMemory {
     /// limit and the memcg reports its usage.
     HostMemcg,
     /// The container shares its host memcg with others (a container that
-    /// joined a gVisor sandbox); the runtime accounts its own usage.
-    Sampled(Arc<dyn OwnUsageSampler>),
+    /// joined a gVisor sandbox); the runtime accounts its own usage. `first`
+    /// is the sample that showed it: it may have waited behind a large
+    /// allocation, and must be judged like any other.
+    Sampled {
+        sampler: Arc<dyn OwnUsageSampler>,
+        first: OwnUsage,
+    },
     /// The container shares its host memcg and the runtime keeps no usage of
     /// its own: why.
     Unavailable(String),

@@ -173,6 +173,10 @@ impl OciRuntime for Runsc {
         opts.no_pivot_root = false;
         opts.no_new_keyring = false;
         if self.joins {
+            // Learn the release now: at Start the first usage sample should
+            // not wait for `runsc --version`.
+            let binary = self.binary.clone();
+            tokio::spawn(async move { release_of(&binary).await });
             let stdio = std::mem::take(&mut opts.stdio);
             *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(stdio);
             return self.runc.create(id, opts).await;
@@ -269,7 +273,10 @@ impl OciRuntime for Runsc {
         };
         let memcg = ContainerMemcg::new(ControlClient::new(socket), id);
         match memcg.read().await {
-            Ok(_) => OwnMemory::Sampled(Arc::new(memcg)),
+            Ok(first) => OwnMemory::Sampled {
+                sampler: Arc::new(memcg),
+                first,
+            },
             Err(e @ UsageError::File { .. }) => OwnMemory::Unavailable(format!(
                 "the container has no memory cgroup in its sandbox (runsc {} makes one only \
                  for a container whose spec mounts cgroupfs at /sys/fs/cgroup, as CRI's do): {e}",

@@ -356,10 +356,18 @@ impl ContainerMemcg {
         }
     }
 
+    /// The root is read first: the sentry reads the files one after the
+    /// other, and a read can wait behind an allocation in progress (seen:
+    /// the container's 12 MB, then the root's 316 MB once a 300 MB read()
+    /// had committed its buffer). Read last, the container's figure is the
+    /// freshest; the root's is raised to it so it stays a bound.
     pub async fn read(&self) -> Result<OwnUsage, UsageError> {
-        let v = self.client.memory_usage(&[&self.cgroup, "/"]).await?;
+        let v = self.client.memory_usage(&["/", &self.cgroup]).await?;
         match v[..] {
-            [container, sandbox] => Ok(OwnUsage { container, sandbox }),
+            [sandbox, container] => Ok(OwnUsage {
+                container,
+                sandbox: sandbox.max(container),
+            }),
             // memory_usage answers once per cgroup asked.
             _ => Err(UsageError::Protocol {
                 socket: self.client.name(),

@@ -155,7 +155,7 @@ impl ContainerMemory {
             s = runtime.own_memory(&self.id) => s,
             _ = stop.wait_for(|s| *s) => return,
         };
-        let sampler = match support {
+        let (sampler, first) = match support {
             OwnMemory::HostMemcg => return,
             OwnMemory::Unavailable(why) => {
                 match self.limit {
@@ -167,7 +167,7 @@ impl ContainerMemory {
                 }
                 return;
             }
-            OwnMemory::Sampled(s) => s,
+            OwnMemory::Sampled { sampler, first } => (sampler, first),
         };
         *self.sampler.lock().unwrap_or_else(|p| p.into_inner()) = Some(sampler.clone());
         let Some(limit) = self.limit else {
@@ -195,22 +195,28 @@ impl ContainerMemory {
             host.as_ref()
                 .map_or_else(|| "-".into(), |m| m.path().display().to_string())
         );
-        self.enforce(runtime, sampler, limit, host, stop).await;
+        self.enforce(runtime, sampler, first, limit, host, stop)
+            .await;
     }
 
     async fn enforce(
         &self,
         runtime: Arc<dyn OciRuntime>,
         sampler: Arc<dyn OwnUsageSampler>,
+        first: OwnUsage,
         limit: u64,
         host: Option<Memcg>,
         mut stop: watch::Receiver<bool>,
     ) {
         let mut failures = 0u32;
+        let mut first = Some(first);
         loop {
-            let sample = tokio::select! {
-                s = sampler.sample() => s,
-                _ = stop.wait_for(|s| *s) => return,
+            let sample = match first.take() {
+                Some(s) => Ok(s),
+                None => tokio::select! {
+                    s = sampler.sample() => s,
+                    _ = stop.wait_for(|s| *s) => return,
+                },
             };
             let sample = match sample {
                 Ok(s) => {
