@@ -123,7 +123,12 @@ mod tests {
             .await
             .expect("no notification after charging 32 MiB")
             .unwrap();
-        assert!(usage(&memcg).unwrap() > before + (16 << 20));
+        let now = usage(&memcg).unwrap();
+        assert!(
+            now >= before + (16 << 20),
+            "fired at {now}, armed at {}",
+            before + (16 << 20)
+        );
         writeln!(stdin, "done").unwrap();
         child.wait().unwrap();
         tokio::time::timeout(Duration::from_secs(5), t.crossed())
