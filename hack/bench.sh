@@ -477,6 +477,7 @@ phase_gvisor_runaway() {
 			seen=$(grep -F "own-limit id=$id usage=" "$log" | grep -F 'over its own memory limit' | head -1 || true)
 			killed=$(grep -F "own-limit id=$id: its processes killed in" "$log" | head -1 || true)
 			verdict=$(grep -F "verdict id=$id own_limit:" "$log" | head -1 || true)
+			grep -F "id=$id" "$log" | grep -v -F 'events:' >>"$WORK/gv-runaway.log" || true
 			if [[ -z $seen || -z $killed || -z $verdict ]]; then
 				awk -v k="$kind" -v rc="$rc" -v p="$peak" -v b="$base" -v w=$(((t1 - t0) / 1000)) 'BEGIN {
 					printf "%s %s - - - %.0f %s\n", k, rc, (p - b) / 1048576, w }' >>"$WORK/gv-runaway"
@@ -654,6 +655,7 @@ for VER in "${VERS[@]}"; do
 	done >>"$CACHE/bench/samples-$VER.tsv"
 	if [[ -s $WORK/gv-runaway ]]; then
 		cp "$WORK/gv-runaway" "$CACHE/bench/gvisor-runaway-$VER.txt"
+		cp "$WORK/gv-runaway.log" "$CACHE/bench/gvisor-runaway-$VER.log"
 	fi
 	cat "$out"
 	printf '\n(written to %s; latency samples in µs: %s)\n\n' "${out#"$REPO"/}" ".cache/bench/samples-$VER.tsv"

@@ -13,11 +13,16 @@
 //! sandbox's own overhead, so while the host usage stays below
 //! `sandbox total + headroom` no container can have used up its headroom:
 //! a cgroup v1 threshold at that level wakes the watch (event-driven, no
-//! timer); once the sandbox's overhead exceeds a container's headroom the
-//! bound proves nothing and the container is sampled every [`NEAR`] (above
-//! half its limit) or [`FAR`]. A sample every [`SAFETY`] covers memory the
-//! sentry recycles before it returns it to the host. On cgroup v2 (no
-//! threshold notification) the host usage is read every [`V2_POLL`].
+//! timer). Once the sandbox's overhead exceeds a container's headroom the
+//! bound proves nothing: the container is sampled every [`NEAR`] (above half
+//! its limit) or [`FAR`], and whenever the host memcg grew by [`STEP`]. A
+//! sample every [`SAFETY`] covers memory the sentry recycles before it
+//! returns it to the host. On cgroup v2 (no threshold notification) the
+//! host usage is read every [`V2_POLL`] instead.
+//!
+//! A sample in flight when the container exits is finished and judged: it
+//! may have waited in the sentry behind the very allocation that ended the
+//! container.
 
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -42,6 +47,8 @@ pub const FAR: Duration = Duration::from_millis(250);
 pub const SAFETY: Duration = Duration::from_secs(5);
 /// cgroup v2: how often the host usage is compared with the level.
 pub const V2_POLL: Duration = Duration::from_millis(100);
+/// Near the limit, a sample whenever the host memcg grew this much.
+pub const STEP: u64 = 8 << 20;
 /// The v1 threshold is checked every few hundred KiB of charges per CPU;
 /// the level is set this much lower to wake in time.
 pub const GUARD: u64 = 2 << 20;
@@ -54,34 +61,51 @@ pub fn limit_of(spec: &serde_json::Value) -> Option<u64> {
         .map(|l| l as u64)
 }
 
-/// When to look at the container's usage next.
+/// When to look at the container's usage next: when the host memcg's usage
+/// reaches `host_at` (if known), or after `after`, whichever comes first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NextLook {
-    /// When the host memcg's usage reaches this many bytes.
-    HostAt(u64),
-    /// After this long.
-    After(Duration),
+pub struct NextLook {
+    pub host_at: Option<u64>,
+    pub after: Duration,
 }
 
-/// From one sample: the host usage at which the container may have used up
-/// its headroom, if the host memcg can vouch for it until then.
+/// From one sample and the host memcg's usage.
+///
+/// While the host usage stays below `all containers + headroom`, the
+/// container cannot have used its headroom: wake there (or after
+/// [`SAFETY`]). Once the sandbox's overhead is larger than the headroom the
+/// bound proves nothing: sample on a timer ([`NEAR`] above half the limit,
+/// else [`FAR`]), and also as soon as the host grows by [`STEP`], so a fast
+/// allocation is followed sample by sample.
 pub fn next_look(sample: OwnUsage, limit: u64, host: Option<u64>) -> NextLook {
     let headroom = limit.saturating_sub(sample.container);
-    // The host memcg bounds the sentry's accounting only if it holds it.
-    if let Some(host) = host.filter(|h| *h >= sample.sandbox) {
-        let level = sample
-            .sandbox
-            .saturating_add(headroom)
-            .saturating_sub(GUARD);
-        if level > host {
-            return NextLook::HostAt(level);
-        }
-    }
-    NextLook::After(if sample.container >= limit / 2 {
+    let timer = if sample.container >= limit / 2 {
         NEAR
     } else {
         FAR
-    })
+    };
+    // The host memcg bounds the sentry's accounting only if it holds it.
+    let Some(host) = host.filter(|h| *h >= sample.sandbox) else {
+        return NextLook {
+            host_at: None,
+            after: timer,
+        };
+    };
+    let level = sample
+        .sandbox
+        .saturating_add(headroom)
+        .saturating_sub(GUARD);
+    if level > host {
+        NextLook {
+            host_at: Some(level),
+            after: SAFETY,
+        }
+    } else {
+        NextLook {
+            host_at: Some(host.saturating_add(STEP)),
+            after: timer,
+        }
+    }
 }
 
 /// What the watch saw when it acted.
@@ -149,12 +173,12 @@ impl ContainerMemory {
         self: Arc<Self>,
         runtime: Arc<dyn OciRuntime>,
         pid: i32,
-        mut stop: watch::Receiver<bool>,
+        stop: watch::Receiver<bool>,
     ) {
-        let support = tokio::select! {
-            s = runtime.own_memory(&self.id) => s,
-            _ = stop.wait_for(|s| *s) => return,
-        };
+        // Not cut short by the exit: the probe may be the one sample that
+        // saw the container over its limit (it can wait behind the
+        // allocation); it is bounded by the sample timeout.
+        let support = runtime.own_memory(&self.id).await;
         let (sampler, first) = match support {
             OwnMemory::HostMemcg => return,
             OwnMemory::Unavailable(why) => {
@@ -211,12 +235,11 @@ impl ContainerMemory {
         let mut failures = 0u32;
         let mut first = Some(first);
         loop {
+            // A sample in flight when the container exits is finished and
+            // judged: it may have waited behind the allocation that ended it.
             let sample = match first.take() {
                 Some(s) => Ok(s),
-                None => tokio::select! {
-                    s = sampler.sample() => s,
-                    _ = stop.wait_for(|s| *s) => return,
-                },
+                None => sampler.sample().await,
             };
             let sample = match sample {
                 Ok(s) => {
@@ -242,53 +265,43 @@ impl ContainerMemory {
                     .await;
                 return;
             }
+            if *stop.borrow() {
+                return;
+            }
             let host_usage = host.as_ref().and_then(|m| threshold::usage(m).ok());
             let next = next_look(sample, limit, host_usage);
             debug!(
                 "own-limit id={} usage={} limit={limit} sandbox={} host={host_usage:?} next={next:?}",
                 self.id, sample.container, sample.sandbox
             );
-            let woke = match (next, &host) {
-                (NextLook::HostAt(level), Some(memcg)) => {
-                    Self::host_reaches(memcg, level, &mut stop).await
-                }
-                (NextLook::HostAt(_), None) | (NextLook::After(_), _) => {
-                    let d = match next {
-                        NextLook::After(d) => d,
-                        NextLook::HostAt(_) => FAR,
-                    };
-                    tokio::select! {
-                        _ = tokio::time::sleep(d) => true,
-                        _ = stop.wait_for(|s| *s) => false,
-                    }
+            let level = next.host_at.zip(host.as_ref());
+            let reached = async {
+                match level {
+                    Some((level, memcg)) => Self::host_reaches(memcg, level).await,
+                    None => std::future::pending().await,
                 }
             };
-            if !woke {
-                return;
+            tokio::select! {
+                _ = reached => {}
+                _ = tokio::time::sleep(next.after) => {}
+                _ = stop.wait_for(|s| *s) => return,
             }
         }
     }
 
-    /// Waits until the host usage reaches `level` (v1 threshold, v2 timer),
-    /// or [`SAFETY`] passed; false when stopped.
-    async fn host_reaches(memcg: &Memcg, level: u64, stop: &mut watch::Receiver<bool>) -> bool {
-        let reached = async {
-            match Threshold::arm(memcg, level) {
-                Ok(t) => {
-                    let _ = t.crossed().await;
-                }
-                Err(_) => loop {
-                    tokio::time::sleep(V2_POLL).await;
-                    if threshold::usage(memcg).map_or(true, |u| u >= level) {
-                        break;
-                    }
-                },
+    /// Resolves when the host usage reaches `level` (v1 threshold; v2, or a
+    /// threshold that cannot be set: a timer).
+    async fn host_reaches(memcg: &Memcg, level: u64) {
+        match Threshold::arm(memcg, level) {
+            Ok(t) => {
+                let _ = t.crossed().await;
             }
-        };
-        tokio::select! {
-            _ = reached => true,
-            _ = tokio::time::sleep(SAFETY) => true,
-            _ = stop.wait_for(|s| *s) => false,
+            Err(_) => loop {
+                tokio::time::sleep(V2_POLL).await;
+                if threshold::usage(memcg).map_or(true, |u| u >= level) {
+                    break;
+                }
+            },
         }
     }
 
@@ -398,7 +411,10 @@ mod tests {
         let s = sample(2 * MIB, 6 * MIB);
         assert_eq!(
             next_look(s, 64 * MIB, Some(26 * MIB)),
-            NextLook::HostAt(6 * MIB + 62 * MIB - GUARD)
+            NextLook {
+                host_at: Some(6 * MIB + 62 * MIB - GUARD),
+                after: SAFETY
+            }
         );
     }
 
@@ -409,23 +425,35 @@ mod tests {
         let s = sample(50 * MIB, 54 * MIB);
         assert_eq!(
             next_look(s, 64 * MIB, Some(74 * MIB)),
-            NextLook::After(NEAR)
+            NextLook {
+                host_at: Some(74 * MIB + STEP),
+                after: NEAR
+            }
         );
-        // Same overhead, container below half its limit.
-        let s = sample(20 * MIB, 54 * MIB);
+        // Seen while a 300 MB read() was filling: 28 MiB of 64, the host 40
+        // MiB ahead of the sentry's accounting. Below half its limit: a
+        // slow timer, and the host's growth wakes the watch.
+        let s = sample(28 * MIB, 28 * MIB);
         assert_eq!(
-            next_look(s, 64 * MIB, Some(110 * MIB)),
-            NextLook::After(FAR)
+            next_look(s, 64 * MIB, Some(68 * MIB)),
+            NextLook {
+                host_at: Some(68 * MIB + STEP),
+                after: FAR
+            }
         );
     }
 
     #[test]
     fn without_a_usable_host_memcg_sample_on_a_timer() {
         let s = sample(2 * MIB, 6 * MIB);
-        assert_eq!(next_look(s, 64 * MIB, None), NextLook::After(FAR));
+        let timer = NextLook {
+            host_at: None,
+            after: FAR,
+        };
+        assert_eq!(next_look(s, 64 * MIB, None), timer);
         // The host memcg holds less than the sentry accounts: it does not
         // hold the sandbox's memory, so it bounds nothing.
-        assert_eq!(next_look(s, 64 * MIB, Some(4 * MIB)), NextLook::After(FAR));
+        assert_eq!(next_look(s, 64 * MIB, Some(4 * MIB)), timer);
     }
 
     #[test]
@@ -433,12 +461,18 @@ mod tests {
         let s = sample(64 * MIB, 70 * MIB);
         assert_eq!(
             next_look(s, 64 * MIB, Some(90 * MIB)),
-            NextLook::After(NEAR)
+            NextLook {
+                host_at: Some(90 * MIB + STEP),
+                after: NEAR
+            }
         );
         let s = sample(u64::MAX, u64::MAX);
         assert_eq!(
             next_look(s, 64 * MIB, Some(u64::MAX)),
-            NextLook::After(NEAR)
+            NextLook {
+                host_at: Some(u64::MAX),
+                after: NEAR
+            }
         );
     }
 }
