@@ -388,15 +388,16 @@ gv_clean() {
 }
 
 # Seconds since midnight of a containerd log line (time="...T12:34:56.789Z").
+# Prints nothing for a line without that stamp.
 log_time() {
-	sed -E 's/.*time="[^T]*T([0-9]+):([0-9]+):([0-9.]+)Z".*/\1 \2 \3/' |
-		awk '{ printf "%.6f\n", $1 * 3600 + $2 * 60 + $3 }'
+	sed -nE 's/^time="[^T]*T([0-9]+):([0-9]+):([0-9.]+)Z".*/\1 \2 \3/p' |
+		awk 'NF == 3 { printf "%.6f\n", $1 * 3600 + $2 * 60 + $3 }'
 }
 
 # An idle pod of G containers, KIND "limits" (64 MiB each) or "nolimits".
 # Results: $WORK/gv-idle.KIND ("key value" lines).
 phase_gvisor_idle() {
-	local kind=$1 pod="$PREFIX-gv$1" i cg a b s0 s1
+	local kind=$1 pod="$PREFIX-gv$1" i cg a b an bn s0 s1
 	local -a opts=() pids
 	[[ $kind == limits ]] && opts=(--memory-limit "$MIB64")
 	note "gvisor idle: a pod of $G containers ($kind), ${T}s"
@@ -409,14 +410,14 @@ phase_gvisor_idle() {
 	mapfile -t pids < <(shim_pids oomguard)
 	cg=/sys/fs/cgroup/cpuacct/$NS/$pod/cpuacct.usage
 	[[ -r $cg ]] || die "no cpuacct for the sandbox: $cg"
-	read -r a _ <<<"$(cpu_snapshot "${pids[@]}")"
+	read -r a an _ <<<"$(cpu_snapshot "${pids[@]}")"
 	s0=$(<"$cg")
 	sleep "$T" &
 	wait $!
-	read -r b _ <<<"$(cpu_snapshot "${pids[@]}")"
+	read -r b bn _ <<<"$(cpu_snapshot "${pids[@]}")"
 	s1=$(<"$cg")
-	awk -v dt=$((b - a)) -v ds=$((s1 - s0)) -v hz="$CLK_TCK" -v n="${#pids[@]}" 'BEGIN {
-		printf "shims %d\nshim_cpu_ms %.1f\nsandbox_cpu_ms %.1f\n", n, dt * 1000 / hz, ds / 1e6 }' >"$WORK/gv-idle.$kind"
+	awk -v dt=$((b - a)) -v dn=$((bn - an)) -v ds=$((s1 - s0)) -v hz="$CLK_TCK" -v n="${#pids[@]}" 'BEGIN {
+		printf "shims %d\nshim_cpu_ms %.1f\nshim_sched_ms %.3f\nsandbox_cpu_ms %.1f\n", n, dt * 1000 / hz, dn / 1e6, ds / 1e6 }' >"$WORK/gv-idle.$kind"
 	gv_clean
 }
 
@@ -485,8 +486,9 @@ phase_gvisor_runaway() {
 			fi
 			awk -v u="$(sed -E 's/.* usage=([0-9]+) .*/\1/' <<<"$seen")" -v ts="$(log_time <<<"$seen")" \
 				-v tk="$(log_time <<<"$killed")" -v tv="$(log_time <<<"$verdict")" -v lim="$MIB64" \
-				-v p="$peak" -v b="$base" -v k="$kind" -v rc="$rc" -v w=$(((t1 - t0) / 1000)) 'BEGIN {
-				printf "%s %s %.1f %.0f %.0f %.0f %s\n", k, rc, (u - lim) / 1048576, (tk - ts) * 1000, (tv - ts) * 1000, (p - b) / 1048576, w }' >>"$WORK/gv-runaway"
+				-v p="$peak" -v b="$base" -v k="$kind" -v rc="$rc" -v w=$(((t1 - t0) / 1000)) '
+				function ms(t) { return (t == "" || ts == "") ? "-" : sprintf("%.0f", (t - ts) * 1000) }
+				BEGIN { printf "%s %s %.1f %s %s %.0f %s\n", k, rc, (u - lim) / 1048576, ms(tk), ms(tv), (p - b) / 1048576, w }' >>"$WORK/gv-runaway"
 		done
 	done
 	gv_clean
@@ -583,8 +585,10 @@ report_gvisor() {
 	printf '\n## gVisor pod: containers'"'"' own memory limits (runsc %s, oomguard only)\n\n' \
 		"$("$RUNSC_NEW" --version | awk 'NR == 1 { print $3 }')"
 	printf '| metric | without limits | with 64 MiB limits | with/without |\n| --- | ---: | ---: | ---: |\n'
-	row "idle CPU of the pod's shim processes ($(gv gv-idle.limits shims): one serves the pod), ${T}s, ms" \
+	row "idle CPU of the pod's shim processes ($(gv gv-idle.limits shims): one serves the pod), ${T}s, ms (utime+stime)" \
 		"$(gv gv-idle.nolimits shim_cpu_ms)" "$(gv gv-idle.limits shim_cpu_ms)"
+	row "idle CPU of the pod's shim processes, ${T}s, ms (schedstat)" \
+		"$(gv gv-idle.nolimits shim_sched_ms)" "$(gv gv-idle.limits shim_sched_ms)"
 	row "idle CPU of the sandbox ($G sleeping containers), ${T}s, ms" \
 		"$(gv gv-idle.nolimits sandbox_cpu_ms)" "$(gv gv-idle.limits sandbox_cpu_ms)"
 	printf '\n| one sample of a container'"'"'s own usage | wall µs | client CPU µs | sandbox CPU µs |\n| --- | ---: | ---: | ---: |\n'
