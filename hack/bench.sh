@@ -23,6 +23,22 @@
 #            (Their "ctr run -d" times go to the samples file only: the two
 #            runtimes are not interleaved there, so host load drifts between them.)
 #   size     both shim binaries.
+#   gvisor   (when hack/deps.sh runsc installed runsc 20240729) a gVisor pod
+#            through ctr: a sandbox and G joined containers (sleep, cgroupfs
+#            mounted as CRI does), oomguard only (the stock shim cannot run a
+#            joined gVisor container, DESIGN.md §4):
+#            - idle: the pod's shims' and sandbox's CPU over T s, with each
+#              container limited to 64 MiB (own-limit watch on) and without
+#              limits (watch off);
+#            - sample: one sample of a container's own usage as the shim
+#              takes it (runtimes/examples/gvisor_usage: control socket), its
+#              wall time, client CPU and sandbox CPU, beside
+#              "runsc read-control" of the same file;
+#            - runaway: R runs each of a 64 MiB container reading 300 MB in
+#              one read() ("dd") and one growing ~35 MB/s ("sort"): exit
+#              code, usage over the limit when the shim saw it, the time
+#              from then to the kill done and to the exit verdict, and the
+#              sandbox memcg's peak growth (memory.max_usage_in_bytes, v1).
 # Shims are the processes whose argv[0] is containerd-shim-{runc,oomguard}-v2
 # and which have "-address DIR/containerd.sock". ctr sets no pod annotation, so
 # both runtimes run one shim per container.
@@ -37,6 +53,8 @@
 #   BENCH_CONTAINERS     N, idle containers per runtime (default 20)
 #   BENCH_RUNS           M, latency rounds per runtime (default 30)
 #   BENCH_IDLE_SECONDS   T, idle window (default 10)
+#   BENCH_GVISOR_CONTAINERS  G, joined containers in the gVisor pod (default 4)
+#   BENCH_RUNAWAY_RUNS   R, runs per runaway kind (default 3)
 set -euo pipefail
 # shellcheck source=hack/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -57,8 +75,10 @@ done
 N=${BENCH_CONTAINERS:-20}
 M=${BENCH_RUNS:-30}
 T=${BENCH_IDLE_SECONDS:-10}
+G=${BENCH_GVISOR_CONTAINERS:-4}
+R=${BENCH_RUNAWAY_RUNS:-3}
 WARMUP=3
-for v in N M T; do
+for v in N M T G R; do
 	[[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
 done
 
@@ -319,6 +339,179 @@ phase_idle() {
 	done
 }
 
+# ---------------------------------------------------------------- gVisor pod
+
+RUNSC_NEW="$CACHE/runsc/20240729/bin/runsc"
+CGROUP_MOUNT="type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro:nosuid:noexec:nodev"
+MIB64=67108864
+USAGE_BIN=""
+GV_IDS=() # the gVisor containers made (removed by gv_clean)
+
+# gv_run ID OPTS... -- CMD...: ctr run of a gVisor container with its own
+# rootfs copy (gVisor keeps a filestore file in it).
+gv_run() {
+	local id=$1
+	local -a opts=()
+	shift
+	while (($#)) && [[ $1 != -- ]]; do
+		opts+=("$1")
+		shift
+	done
+	shift
+	cp -a "$ROOTFS" "$WORK/rootfs-$id"
+	GV_IDS+=("$id")
+	ctr_ run --runtime io.containerd.oomguard.v2 --runtime-config-path "$WORK/runsc.toml" \
+		"${opts[@]}" --rootfs "$WORK/rootfs-$id" "$id" "$@"
+}
+
+gv_pod() { # POD
+	gv_run "$1" -d --annotation io.kubernetes.cri.container-type=sandbox \
+		--annotation "io.kubernetes.cri.sandbox-id=$1" -- /bin/sleep 1000 >/dev/null ||
+		die "gVisor sandbox $1 did not start"
+}
+
+gv_join() { # POD ID OPTS... -- CMD...
+	local pod=$1 id=$2
+	shift 2
+	gv_run "$id" --annotation io.kubernetes.cri.container-type=container \
+		--annotation "io.kubernetes.cri.sandbox-id=$pod" --mount "$CGROUP_MOUNT" "$@"
+}
+
+gv_clean() {
+	local i id
+	for ((i = ${#GV_IDS[@]} - 1; i >= 0; i--)); do
+		id=${GV_IDS[i]}
+		remove_container "$id"
+		rm -rf -- "$WORK/rootfs-$id"
+	done
+	GV_IDS=()
+}
+
+# Seconds since midnight of a containerd log line (time="...T12:34:56.789Z").
+# Prints nothing for a line without that stamp.
+log_time() {
+	sed -nE 's/^time="[^T]*T([0-9]+):([0-9]+):([0-9.]+)Z".*/\1 \2 \3/p' |
+		awk 'NF == 3 { printf "%.6f\n", $1 * 3600 + $2 * 60 + $3 }'
+}
+
+# An idle pod of G containers, KIND "limits" (64 MiB each) or "nolimits".
+# Results: $WORK/gv-idle.KIND ("key value" lines).
+phase_gvisor_idle() {
+	local kind=$1 pod="$PREFIX-gv$1" i cg a b an bn s0 s1
+	local -a opts=() pids
+	[[ $kind == limits ]] && opts=(--memory-limit "$MIB64")
+	note "gvisor idle: a pod of $G containers ($kind), ${T}s"
+	gv_pod "$pod"
+	for ((i = 0; i < G; i++)); do
+		gv_join "$pod" "$pod-c$i" -d "${opts[@]}" -- /bin/sleep 1000 >/dev/null ||
+			die "gVisor container $pod-c$i did not start"
+	done
+	sleep 2
+	mapfile -t pids < <(shim_pids oomguard)
+	cg=/sys/fs/cgroup/cpuacct/$NS/$pod/cpuacct.usage
+	[[ -r $cg ]] || die "no cpuacct for the sandbox: $cg"
+	read -r a an _ <<<"$(cpu_snapshot "${pids[@]}")"
+	s0=$(<"$cg")
+	sleep "$T" &
+	wait $!
+	read -r b bn _ <<<"$(cpu_snapshot "${pids[@]}")"
+	s1=$(<"$cg")
+	awk -v dt=$((b - a)) -v dn=$((bn - an)) -v ds=$((s1 - s0)) -v hz="$CLK_TCK" -v n="${#pids[@]}" 'BEGIN {
+		printf "shims %d\nshim_cpu_ms %.1f\nshim_sched_ms %.3f\nsandbox_cpu_ms %.1f\n", n, dt * 1000 / hz, dn / 1e6, ds / 1e6 }' >"$WORK/gv-idle.$kind"
+	gv_clean
+}
+
+# The cost of one sample. Results: $WORK/gv-sample.
+phase_gvisor_sample() {
+	local pod="$PREFIX-gvs" id="$PREFIX-gvs-a" sock cg s0 s1 w0 w1 i
+	local -a fields ticks
+	note "gvisor: the cost of one usage sample"
+	gv_pod "$pod"
+	gv_join "$pod" "$id" -d --memory-limit "$MIB64" -- /bin/sleep 1000 >/dev/null ||
+		die "gVisor container $id did not start"
+	sleep 1
+	sock=$(jq -r '.sandbox.controlSocketPath' "$DIR/runsc-root/${id}_sandbox:$pod.state")
+	cg=/sys/fs/cgroup/cpuacct/$NS/$pod/cpuacct.usage
+	s0=$(<"$cg")
+	read -r -a fields <<<"$("$USAGE_BIN" "$sock" "$id" 200)" || die "gvisor_usage failed"
+	s1=$(<"$cg")
+	{
+		printf 'urpc_wall_us %s\nurpc_cpu_us %s\n' "${fields[3]}" "${fields[5]}"
+		awk -v d=$((s1 - s0)) 'BEGIN { printf "urpc_sandbox_us %.1f\n", d / 201 / 1000 }'
+		s0=$(<"$cg")
+		w0=${EPOCHREALTIME//[.,]/}
+		read -r -a ticks < <(
+			for ((i = 0; i < 20; i++)); do
+				"$RUNSC_NEW" --root "$DIR/runsc-root" read-control "$id" memory "/$id" memory.usage_in_bytes >/dev/null
+			done
+			cut -d' ' -f16,17 "/proc/$BASHPID/stat"
+		)
+		w1=${EPOCHREALTIME//[.,]/}
+		s1=$(<"$cg")
+		awk -v w=$((w1 - w0)) -v c=$((ticks[0] + ticks[1])) -v hz="$CLK_TCK" -v d=$((s1 - s0)) 'BEGIN {
+			printf "cli_wall_us %.0f\ncli_cpu_us %.0f\ncli_sandbox_us %.1f\n", w / 20, c * 1e6 / hz / 20, d / 20 / 1000 }'
+	} >"$WORK/gv-sample"
+	gv_clean
+}
+
+# Runaways under a 64 MiB limit. Results: lines "KIND exit_code
+# over_limit_mib seen_to_killed_ms seen_to_exit_ms peak_growth_mib wall_ms"
+# ("-" where the shim logged nothing) in $WORK/gv-runaway.
+phase_gvisor_runaway() {
+	local pod="$PREFIX-gvr" kind r id mem base peak t0 t1 rc seen killed verdict log="$DIR/containerd.log"
+	local -A cmd=([dd]='dd if=/dev/zero of=/dev/null bs=300M count=1' [sort]='head -c 400000000 /dev/zero | sort')
+	note "gvisor runaways: $R runs each"
+	gv_pod "$pod"
+	mem=/sys/fs/cgroup/memory/$NS/$pod
+	: >"$WORK/gv-runaway"
+	for ((r = 0; r < R; r++)); do
+		for kind in dd sort; do
+			id="$PREFIX-gvr-$kind$r"
+			sleep 1
+			echo 0 >"$mem/memory.max_usage_in_bytes"
+			base=$(<"$mem/memory.usage_in_bytes")
+			t0=${EPOCHREALTIME//[.,]/}
+			rc=0
+			gv_join "$pod" "$id" --rm --memory-limit "$MIB64" -- /bin/sh -c "${cmd[$kind]}" >/dev/null 2>&1 || rc=$?
+			t1=${EPOCHREALTIME//[.,]/}
+			peak=$(<"$mem/memory.max_usage_in_bytes")
+			seen=$(grep -F "own-limit id=$id usage=" "$log" | grep -F 'over its own memory limit' | head -1 || true)
+			killed=$(grep -F "own-limit id=$id: its processes killed in" "$log" | head -1 || true)
+			verdict=$(grep -F "verdict id=$id own_limit:" "$log" | head -1 || true)
+			grep -F "id=$id" "$log" | grep -v -F 'events:' >>"$WORK/gv-runaway.log" || true
+			if [[ -z $seen || -z $killed || -z $verdict ]]; then
+				awk -v k="$kind" -v rc="$rc" -v p="$peak" -v b="$base" -v w=$(((t1 - t0) / 1000)) 'BEGIN {
+					printf "%s %s - - - %.0f %s\n", k, rc, (p - b) / 1048576, w }' >>"$WORK/gv-runaway"
+				continue
+			fi
+			awk -v u="$(sed -E 's/.* usage=([0-9]+) .*/\1/' <<<"$seen")" -v ts="$(log_time <<<"$seen")" \
+				-v tk="$(log_time <<<"$killed")" -v tv="$(log_time <<<"$verdict")" -v lim="$MIB64" \
+				-v p="$peak" -v b="$base" -v k="$kind" -v rc="$rc" -v w=$(((t1 - t0) / 1000)) '
+				function ms(t) { return (t == "" || ts == "") ? "-" : sprintf("%.0f", (t - ts) * 1000) }
+				BEGIN { printf "%s %s %.1f %s %s %.0f %s\n", k, rc, (u - lim) / 1048576, ms(tk), ms(tv), (p - b) / 1048576, w }' >>"$WORK/gv-runaway"
+		done
+	done
+	gv_clean
+}
+
+phase_gvisor() {
+	if [[ ! -x $RUNSC_NEW ]]; then
+		warn "no $RUNSC_NEW (hack/deps.sh runsc): gVisor rows skipped"
+		return 0
+	fi
+	if [[ -z $USAGE_BIN ]]; then
+		(cd "$REPO" && run_logged "$CACHE/logs/bench-build.log" "${CARGO:-cargo}" build --release \
+			--example gvisor_usage -p oomguard-runtimes) || die "build of gvisor_usage failed"
+		USAGE_BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/examples/gvisor_usage
+	fi
+	printf 'binary_name = "%s"\nroot = "%s"\n[runsc_config]\n  platform = "ptrace"\n  network = "none"\n' \
+		"$RUNSC_NEW" "$DIR/runsc-root" >"$WORK/runsc.toml"
+	phase_gvisor_idle limits
+	phase_gvisor_idle nolimits
+	phase_gvisor_sample
+	phase_gvisor_runaway
+}
+
 # ---------------------------------------------------------------- report
 
 val() { awk -v k="$2" '$1 == k { print $2 }' "$WORK/idle.$1"; }
@@ -380,6 +573,42 @@ report() {
 		read -r -a st <<<"$(stats "$WORK/floor-runc")"
 		printf '| runc run /bin/true (no containerd) | %s | %s | %s |\n' "${st[0]}" "${st[1]}" "${st[2]}"
 	fi
+	if [[ -s $WORK/gv-sample ]]; then
+		report_gvisor
+	fi
+}
+
+gv() { awk -v k="$2" '$1 == k { print $2 }' "$WORK/$1"; }
+
+report_gvisor() {
+	local kind
+	printf '\n## gVisor pod: containers'"'"' own memory limits (runsc %s, oomguard only)\n\n' \
+		"$("$RUNSC_NEW" --version | awk 'NR == 1 { print $3 }')"
+	printf '| metric | without limits | with 64 MiB limits | with/without |\n| --- | ---: | ---: | ---: |\n'
+	row "idle CPU of the pod's shim processes ($(gv gv-idle.limits shims): one serves the pod), ${T}s, ms (utime+stime)" \
+		"$(gv gv-idle.nolimits shim_cpu_ms)" "$(gv gv-idle.limits shim_cpu_ms)"
+	row "idle CPU of the pod's shim processes, ${T}s, ms (schedstat)" \
+		"$(gv gv-idle.nolimits shim_sched_ms)" "$(gv gv-idle.limits shim_sched_ms)"
+	row "idle CPU of the sandbox ($G sleeping containers), ${T}s, ms" \
+		"$(gv gv-idle.nolimits sandbox_cpu_ms)" "$(gv gv-idle.limits sandbox_cpu_ms)"
+	printf '\n| one sample of a container'"'"'s own usage | wall µs | client CPU µs | sandbox CPU µs |\n| --- | ---: | ---: | ---: |\n'
+	printf '| control socket, one batched read (what the shim does) | %s | %s | %s |\n' \
+		"$(gv gv-sample urpc_wall_us)" "$(gv gv-sample urpc_cpu_us)" "$(gv gv-sample urpc_sandbox_us)"
+	printf '| runsc read-control, one file | %s | %s | %s |\n' \
+		"$(gv gv-sample cli_wall_us)" "$(gv gv-sample cli_cpu_us)" "$(gv gv-sample cli_sandbox_us)"
+	printf '\n| runaway under a 64 MiB limit, %s runs | exit codes | over the limit when seen, MiB (mean / max) | seen to killed, ms (mean / max) | seen to exit verdict, ms (mean / max) | sandbox memcg peak growth, MiB (mean / max) | ctr run, ms (mean) |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |\n' "$R"
+	for kind in dd sort; do
+		awk -v k="$kind" '$1 == k {
+			codes = codes (codes == "" ? "" : ",") $2
+			for (i = 3; i <= 7; i++) if ($i != "-") { s[i] += $i; c[i]++; if (!(i in m) || $i > m[i]) m[i] = $i }
+		}
+		function f(i) { return c[i] ? sprintf("%.1f / %.1f", s[i] / c[i], m[i]) : "-" }
+		END {
+			label = (k == "dd") ? "dd bs=300M count=1 (one 300 MB read)" : "head -c 400M /dev/zero | sort (~35 MB/s)"
+			printf "| %s | %s | %s | %s | %s | %s | %.0f |\n", label, codes, f(3), f(4), f(5), f(6), c[7] ? s[7] / c[7] : 0
+		}' "$WORK/gv-runaway"
+	done
+	printf '\nStock gVisor enforces no container'"'"'s own limit in a pod: the same runaways complete (exit 0).\n'
 }
 
 # ---------------------------------------------------------------- main
@@ -415,6 +644,7 @@ for VER in "${VERS[@]}"; do
 	for k in "${KINDS[@]}"; do
 		phase_idle "$k"
 	done
+	phase_gvisor
 
 	out="$CACHE/bench/results-$VER.md"
 	report "$VER" >"$out"
@@ -427,6 +657,10 @@ for VER in "${VERS[@]}"; do
 	for f in floor-ctr floor-runc; do
 		[[ -s $WORK/$f ]] && awk -v m="$f" '{ print m "\t-\t" $1 }' "$WORK/$f"
 	done >>"$CACHE/bench/samples-$VER.tsv"
+	if [[ -s $WORK/gv-runaway ]]; then
+		cp "$WORK/gv-runaway" "$CACHE/bench/gvisor-runaway-$VER.txt"
+		cp "$WORK/gv-runaway.log" "$CACHE/bench/gvisor-runaway-$VER.log"
+	fi
 	cat "$out"
 	printf '\n(written to %s; latency samples in µs: %s)\n\n' "${out#"$REPO"/}" ".cache/bench/samples-$VER.tsv"
 	cleanup_ver

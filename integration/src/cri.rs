@@ -23,6 +23,10 @@ use crate::harness::{
 pub const HANDLER: &str = "oomguard";
 pub const RUNSC_HANDLER: &str = "oomguard-runsc";
 pub const STOCK_HANDLER: &str = "runc";
+/// A test-only handler (`Cri::start_with_runsc_20240729`): oomguard with
+/// trixie's runsc 20240729, which accounts each container's memory apart
+/// (the README's handlers use bookworm's runsc 20221219 from PATH).
+pub const RUNSC_20240729_HANDLER: &str = "oomguard-runsc-20240729";
 /// Images `hack/cri/setup.sh` builds and `hack/cri/containerd.sh` imports.
 pub const IMAGE: &str = "localhost/oomguard/busybox:1";
 pub const PAUSE_IMAGE: &str = "localhost/oomguard/pause:1";
@@ -63,6 +67,34 @@ impl Cri {
     /// containerd's configuration (OOMGUARD_CONTAINERD_EXTRA).
     pub fn start_with(version: &str, extra: &str) -> Cri {
         Self::start_in_with(version, instance_dir(&format!("cri{version}")), extra)
+    }
+
+    /// `start`, plus the handler [`RUNSC_20240729_HANDLER`] (its TOML is
+    /// written to DIR/runsc-20240729.toml).
+    pub fn start_with_runsc_20240729(version: &str) -> Cri {
+        let dir = instance_dir(&format!("cri{version}"));
+        let config = dir.join("runsc-20240729.toml");
+        let plugin = if version == "2" {
+            "io.containerd.cri.v1.runtime"
+        } else {
+            "io.containerd.grpc.v1.cri"
+        };
+        let table = format!("plugins.\"{plugin}\".containerd.runtimes.{RUNSC_20240729_HANDLER}");
+        let extra = format!(
+            "[{table}]\n  runtime_type = \"io.containerd.oomguard.v2\"\n  [{table}.options]\n    TypeUrl = \"io.containerd.oomguard.v1.options\"\n    ConfigPath = \"{}\"\n",
+            config.display()
+        );
+        let cri = Self::start_in_with(version, dir, &extra);
+        // The shim reads it when a pod is created, not containerd at start.
+        std::fs::write(
+            &config,
+            format!(
+                "binary_name = \"{}\"\n[runsc_config]\n  platform = \"ptrace\"\n  network = \"none\"\n",
+                repo().join(".cache/runsc/20240729/bin/runsc").display()
+            ),
+        )
+        .expect("write the runsc 20240729 handler's TOML");
+        cri
     }
 
     /// A directory for `start_in` with the config.toml a private CRI

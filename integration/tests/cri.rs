@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1::NamespaceMode;
 use oomguard_integration::cri::{
-    ensure_runsc, Cri, Pod, HANDLER, IMAGE, PAUSE_IMAGE, RUNSC_HANDLER, STOCK_HANDLER,
+    ensure_runsc, Cri, Pod, HANDLER, IMAGE, PAUSE_IMAGE, RUNSC_20240729_HANDLER, RUNSC_HANDLER,
+    STOCK_HANDLER,
 };
 use oomguard_integration::harness::unique;
 
@@ -33,9 +34,12 @@ on_every_containerd!(
     bad_handlers_are_named,
     runsc_lifecycle,
     runsc_pod_oom,
+    runsc_container_limits,
+    runsc_container_limits_unenforced_on_20221219,
 );
 
 const MIB32: i64 = 32 << 20;
+const MIB64: i64 = 64 << 20;
 const DD: &str = "dd if=/dev/zero of=/dev/null bs=100M count=1";
 
 fn reason(code: i32, reason: &str) -> (i32, String) {
@@ -394,6 +398,97 @@ fn runsc_pod_oom(version: &str) {
         assert_eq!(c.exit_of(&id), reason(137, "OOMKilled"), "{name}");
         c.remove_pod(&pod);
     }
+    c.assert_clean();
+}
+
+const DD300: &str = "dd if=/dev/zero of=/dev/null bs=300M count=1";
+
+fn working_set(c: &Cri, id: &str) -> u64 {
+    c.container_stats(id)
+        .memory
+        .and_then(|m| m.working_set_bytes)
+        .map(|v| v.value)
+        .unwrap_or(0)
+}
+
+/// A gVisor pod without a pod limit whose containers have their own (the
+/// issue's pod: A sleeps, B reads 300 MB at once, 64 MiB each), under runsc
+/// 20240729, which accounts each container's memory apart: B is
+/// `OOMKilled` 137 alone; A, and a container without a limit holding 100
+/// MB, live on; a container under its limit completes; ContainerStats gives
+/// each container its own memory.
+fn runsc_container_limits(version: &str) {
+    ensure_runsc();
+    let c = Cri::start_with_runsc_20240729(version);
+    let pod = c.run_pod("own-limits", RUNSC_20240729_HANDLER);
+    let a = c.run_container(&pod, "a", "sleep 600", Some(MIB64));
+    let hog = c.run_container(
+        &pod,
+        "hog",
+        "dd if=/dev/zero bs=100M count=1 | sleep 600",
+        None,
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while working_set(&c, &hog) < 100 << 20 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "hog's working set {} (A's {})",
+            working_set(&c, &hog),
+            working_set(&c, &a)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let ws = working_set(&c, &a);
+    assert!(ws > 0 && ws < 16 << 20, "A's own working set {ws}");
+
+    let b = c.run_container(&pod, "b", DD300, Some(MIB64));
+    assert_eq!(c.exit_of(&b), reason(137, "OOMKilled"));
+    let fits = c.run_container(
+        &pod,
+        "fits",
+        "dd if=/dev/zero of=/dev/null bs=30M count=1",
+        Some(MIB64),
+    );
+    assert_eq!(c.exit_of(&fits), reason(0, "Completed"));
+
+    for id in [&a, &hog] {
+        let s = c.container_status(id);
+        assert_eq!(s.state, 1, "{id} still running: {s:?}");
+    }
+    let r = c.exec_sync(&a, &["echo", "alive"], 10);
+    assert_eq!(
+        (r.exit_code, String::from_utf8_lossy(&r.stdout).to_string()),
+        (0, "alive\n".to_string())
+    );
+    let verdict = c
+        .log()
+        .lines()
+        .find(|l| l.contains(&format!("verdict id={b} own_limit:")))
+        .map(str::to_string)
+        .unwrap_or_default();
+    assert!(verdict.contains("limit=67108864"), "{verdict}");
+    c.remove_pod(&pod);
+    c.assert_clean();
+}
+
+/// The same container B under the README's handler (runsc 20221219, which
+/// keeps no memory per container): it completes, and the shim says once
+/// that its own limit cannot be enforced, rather than guess from the pod's
+/// total.
+fn runsc_container_limits_unenforced_on_20221219(version: &str) {
+    ensure_runsc();
+    let c = Cri::start(version);
+    let pod = c.run_pod("no-own-limits", RUNSC_HANDLER);
+    let b = c.run_container(&pod, "b", DD300, Some(MIB64));
+    assert_eq!(c.exit_of(&b), reason(0, "Completed"));
+    let log = c.log();
+    let said: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains(&format!("own-limit id={b} ")) && l.contains("cannot be enforced"))
+        .collect();
+    assert_eq!(said.len(), 1, "{said:#?}");
+    assert!(said[0].contains("runsc 20221219"), "{}", said[0]);
+    c.remove_pod(&pod);
     c.assert_clean();
 }
 

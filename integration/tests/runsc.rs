@@ -30,6 +30,7 @@ on_containerd_and_runsc!(
     pod_oom_kills_every_container,
     sandbox_killed_by_user,
     malformed_monitoring_message,
+    own_memory_limits_in_a_pod,
 );
 
 /// The TOML a runsc user points oomguard at.
@@ -336,4 +337,228 @@ fn malformed_monitoring_message(version: &str, build: &str) {
         .unwrap_or_default();
     assert!(verdict.contains("gvisor_stream(started=true"), "{verdict}");
     c.assert_clean(&["g-mon"]);
+}
+
+/// What CRI adds to every container and `ctr` does not: cgroupfs at
+/// /sys/fs/cgroup. gVisor (>= 20231218) gives a container a memory cgroup of
+/// its own in the sandbox only when its spec has this mount.
+const CGROUP_MOUNT: &str =
+    "type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro:nosuid:noexec:nodev";
+const MIB64: &str = "67108864";
+
+/// A container joining `pod`, detached or in the foreground.
+fn join_with(
+    c: &Containerd,
+    cfg: &str,
+    pod: &str,
+    id: &str,
+    opts: &[&str],
+    cmd: &[&str],
+    detach: bool,
+) -> std::process::Output {
+    let sandbox = format!("io.kubernetes.cri.sandbox-id={pod}");
+    let mut all = vec![
+        "--annotation",
+        "io.kubernetes.cri.container-type=container",
+        "--annotation",
+        &sandbox,
+    ];
+    all.extend_from_slice(opts);
+    run_gvisor(c, cfg, id, &all, cmd, detach)
+}
+
+/// `ctr task metrics ID`: memory.usage_in_bytes and memory.limit_in_bytes.
+fn memory_metrics(c: &Containerd, id: &str) -> (u64, u64) {
+    let out = c.ctr(&["task", "metrics", id]);
+    assert_ok(&out, "ctr task metrics");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let value = |key: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("{key} in {text}"))
+    };
+    (
+        value("memory.usage_in_bytes"),
+        value("memory.limit_in_bytes"),
+    )
+}
+
+fn log_lines(c: &Containerd, needle: &str) -> Vec<String> {
+    c.log()
+        .lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// A pod without a pod limit whose containers have their own 64 MiB
+/// limits: under runsc 20240729 a container over its own limit is killed
+/// alone (TaskOOM, then exit 137) and its neighbours live on; 20221219 keeps
+/// no per-container usage, so the shim says once per container that it
+/// cannot enforce the limit, and does not guess from the pod's total.
+fn own_memory_limits_in_a_pod(version: &str, build: &str) {
+    let enforced = build != "20221219";
+    let c = Containerd::start(version);
+    let cfg = runsc_config(&c, build);
+    let events = c.events();
+    let sandbox = "io.kubernetes.cri.sandbox-id=lpod";
+    let out = run_gvisor(
+        &c,
+        &cfg,
+        "lpod",
+        &[
+            "--annotation",
+            "io.kubernetes.cri.container-type=sandbox",
+            "--annotation",
+            sandbox,
+        ],
+        &["/bin/sleep", "1000"],
+        true,
+    );
+    assert_ok(&out, "sandbox");
+    let limited = ["--memory-limit", MIB64, "--mount", CGROUP_MOUNT];
+    let out = join_with(
+        &c,
+        &cfg,
+        "lpod",
+        "la",
+        &limited,
+        &["/bin/sleep", "1000"],
+        true,
+    );
+    assert_ok(&out, "la");
+    // Limited, but without cgroupfs: no memory cgroup of its own.
+    let out = join_with(
+        &c,
+        &cfg,
+        "lpod",
+        "lc",
+        &["--memory-limit", MIB64],
+        &["/bin/sleep", "1000"],
+        true,
+    );
+    assert_ok(&out, "lc");
+
+    // B: 300 MB in one read() under a 64 MiB limit.
+    let dd300 = [
+        "/bin/dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=300M",
+        "count=1",
+    ];
+    let out = join_with(&c, &cfg, "lpod", "lb", &limited, &dd300, false);
+    if enforced {
+        assert_exit(&out, 137, "B over its own limit");
+        assert_oom_story(&events, "lb", true, 137);
+        let verdict = log_lines(&c, "verdict id=lb own_limit:");
+        assert_eq!(verdict.len(), 1, "{verdict:?}");
+        assert!(
+            verdict[0].contains("limit=67108864")
+                && verdict[0].contains("source=gvisor_memcg(/lb via "),
+            "{verdict:?}"
+        );
+    } else {
+        assert_exit(&out, 0, "B: runsc 20221219 cannot enforce its limit");
+        assert_oom_story(&events, "lb", false, 0);
+    }
+    // Under its limit: a clean exit either way.
+    let dd30 = [
+        "/bin/dd",
+        "if=/dev/zero",
+        "of=/dev/null",
+        "bs=30M",
+        "count=1",
+    ];
+    let out = join_with(&c, &cfg, "lpod", "lfit", &limited, &dd30, false);
+    assert_exit(&out, 0, "under its own limit");
+    assert_oom_story(&events, "lfit", false, 0);
+    // No limit of its own: the pod's total grows, nobody else is blamed.
+    let out = join_with(
+        &c,
+        &cfg,
+        "lpod",
+        "lfree",
+        &["--mount", CGROUP_MOUNT],
+        &dd300,
+        false,
+    );
+    assert_exit(&out, 0, "no limit of its own");
+    assert_oom_story(&events, "lfree", false, 0);
+
+    // A lives on, answers, and reports its own memory.
+    let out = c.ctr(&[
+        "task",
+        "exec",
+        "--exec-id",
+        "alive",
+        "la",
+        "/bin/echo",
+        "alive",
+    ]);
+    assert_exit(&out, 0, "exec in A");
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "alive\n");
+    assert!(!events.topics("la").contains(&"/tasks/oom".to_string()));
+    let (usage, limit) = memory_metrics(&c, "la");
+    let (pod_usage, _) = memory_metrics(&c, "lpod");
+    if enforced {
+        assert_eq!(limit, 67108864, "A's own limit");
+        assert!(usage > 0 && usage < 16 << 20, "A's own usage {usage}");
+        assert!(
+            pod_usage > usage,
+            "the sandbox's memcg {pod_usage} vs A's {usage}"
+        );
+        // An exec that takes A over its limit: the whole of A goes.
+        let out = c.ctr(&[
+            "task",
+            "exec",
+            "--exec-id",
+            "hog",
+            "la",
+            "/bin/sh",
+            "-c",
+            "dd if=/dev/zero bs=100M count=1 | sleep 30",
+        ]);
+        assert_exit(&out, 137, "the exec that took A over its limit");
+        assert_oom_story(&events, "la", true, 137);
+    } else {
+        // 20221219: the sandbox's memcg, as before (no limit there).
+        assert_ne!(
+            limit, 67108864,
+            "A's own limit cannot be reported: {usage} {pod_usage}"
+        );
+    }
+
+    let cannot = log_lines(&c, "cannot be enforced");
+    let count = |id: &str| {
+        cannot
+            .iter()
+            .filter(|l| l.contains(&format!("own-limit id={id} ")))
+            .count()
+    };
+    if enforced {
+        assert_eq!(count("lc"), 1, "{cannot:#?}");
+        assert!(
+            cannot[0].contains("no memory cgroup in its sandbox"),
+            "{cannot:#?}"
+        );
+        assert_eq!(cannot.len(), 1, "{cannot:#?}");
+    } else {
+        for id in ["la", "lc", "lb", "lfit"] {
+            assert_eq!(count(id), 1, "{id}: {cannot:#?}");
+        }
+        assert_eq!(count("lfree"), 0, "no limit, nothing to say");
+        assert!(cannot[0].contains("runsc 20221219 keeps no memory usage per container"));
+    }
+    assert!(
+        !events.topics("lpod").contains(&"/tasks/oom".to_string()),
+        "the pod lives on"
+    );
+    let out = c.ctr(&["task", "exec", "--exec-id", "e2", "lc", "/bin/true"]);
+    assert_exit(&out, 0, "exec in C");
+    for id in ["la", "lc", "lpod"] {
+        c.remove(id);
+    }
+    c.assert_clean(&["lpod", "la", "lc", "lb", "lfit", "lfree"]);
 }

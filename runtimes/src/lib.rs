@@ -13,6 +13,7 @@ pub mod runsc;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use async_trait::async_trait;
 use serde::Deserialize;
@@ -115,6 +116,43 @@ pub struct ContainerState {
     pub bundle: String,
 }
 
+/// One sample of a container's own memory usage inside a shared sandbox.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OwnUsage {
+    /// Bytes the runtime charges to this container.
+    pub container: u64,
+    /// Bytes it charges to all containers of the sandbox together (the
+    /// sandbox process's host memcg holds these plus the sandbox's own
+    /// overhead).
+    pub sandbox: u64,
+}
+
+/// Reads a container's own memory usage from its runtime.
+#[async_trait]
+pub trait OwnUsageSampler: Send + Sync {
+    async fn sample(&self) -> std::result::Result<OwnUsage, String>;
+    /// Where the figures come from, for log lines.
+    fn source(&self) -> String;
+}
+
+/// How a container's own memory usage is known.
+pub enum OwnMemory {
+    /// The container has a host memcg of its own: the kernel enforces its
+    /// limit and the memcg reports its usage.
+    HostMemcg,
+    /// The container shares its host memcg with others (a container that
+    /// joined a gVisor sandbox); the runtime accounts its own usage. `first`
+    /// is the sample that showed it: it may have waited behind a large
+    /// allocation, and must be judged like any other.
+    Sampled {
+        sampler: Arc<dyn OwnUsageSampler>,
+        first: OwnUsage,
+    },
+    /// The container shares its host memcg and the runtime keeps no usage of
+    /// its own: why.
+    Unavailable(String),
+}
+
 /// The OCI runtime binary behind one container.
 #[async_trait]
 pub trait OciRuntime: Send + Sync {
@@ -155,6 +193,11 @@ pub trait OciRuntime: Send + Sync {
     /// monitoring stream), for the verdict's log line.
     fn exit_evidence(&self, _id: &str) -> Option<String> {
         None
+    }
+
+    /// After Start: how the container's own memory usage can be read.
+    async fn own_memory(&self, _id: &str) -> OwnMemory {
+        OwnMemory::HostMemcg
     }
 }
 

@@ -8,8 +8,9 @@
 //!   128, "sandbox no longer running"): only its parent can, and the shim,
 //!   as subreaper, is that parent. A missing status is never made a 0.
 
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
 use async_trait::async_trait;
@@ -19,11 +20,12 @@ use tokio::sync::{oneshot, watch};
 
 use crate::command::{self, Streams};
 use crate::gvisor::monitor;
+use crate::gvisor::usage::{self, ContainerMemcg, ControlClient, UsageError};
 use crate::reaper::reaper;
 use crate::runc::Runc;
 use crate::{
-    ContainerState, CreateOptions, ExecOptions, Exit, ExitReceiver, OciRuntime, ProcessStdio,
-    Result, WaitStatus,
+    ContainerState, CreateOptions, ExecOptions, Exit, ExitReceiver, OciRuntime, OwnMemory,
+    ProcessStdio, Result, WaitStatus,
 };
 
 /// The CRI annotations runsc reads to place a container in a pod.
@@ -134,6 +136,28 @@ impl Runsc {
     }
 }
 
+/// The release date of a runsc binary (`runsc --version`), once per binary.
+async fn release_of(binary: &Path) -> Option<u32> {
+    static SEEN: OnceLock<Mutex<HashMap<PathBuf, Option<u32>>>> = OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    if let Some(r) = seen.lock().unwrap_or_else(|p| p.into_inner()).get(binary) {
+        return *r;
+    }
+    let mut cmd = std::process::Command::new(binary);
+    cmd.arg("--version");
+    let release = match command::run(cmd, Streams::Capture).await {
+        Ok(out) => usage::parse_release(&String::from_utf8_lossy(&out.stdout)),
+        Err(e) => {
+            warn!("{} --version: {e}", binary.display());
+            None
+        }
+    };
+    seen.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(binary.to_path_buf(), release);
+    release
+}
+
 #[async_trait]
 impl OciRuntime for Runsc {
     fn binary(&self) -> &Path {
@@ -149,6 +173,10 @@ impl OciRuntime for Runsc {
         opts.no_pivot_root = false;
         opts.no_new_keyring = false;
         if self.joins {
+            // Learn the release now: at Start the first usage sample should
+            // not wait for `runsc --version`.
+            let binary = self.binary.clone();
+            tokio::spawn(async move { release_of(&binary).await });
             let stdio = std::mem::take(&mut opts.stdio);
             *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(stdio);
             return self.runc.create(id, opts).await;
@@ -216,6 +244,46 @@ impl OciRuntime for Runsc {
 
     async fn state(&self, id: &str) -> Result<ContainerState> {
         self.runc.state(id).await
+    }
+
+    /// A root container's host memcg is the sandbox's own (its limit is the
+    /// pod's); a joining container's usage is the sentry's memory cgroup of
+    /// that container, where the runsc release keeps one.
+    async fn own_memory(&self, id: &str) -> OwnMemory {
+        if !self.joins {
+            return OwnMemory::HostMemcg;
+        }
+        let Some(sandbox) = self.sandbox.as_deref() else {
+            return OwnMemory::Unavailable(format!(
+                "no {SANDBOX_ID} annotation names the container's sandbox"
+            ));
+        };
+        let release = release_of(&self.binary).await;
+        if let Some(r) = release.filter(|r| *r < usage::PER_CONTAINER_MEMCG_SINCE) {
+            return OwnMemory::Unavailable(format!(
+                "runsc {r} keeps no memory usage per container (the sentry's memory cgroupfs and \
+                 `runsc events` give the sandbox's total; gVisor accounts each container \
+                 separately since release-{})",
+                usage::PER_CONTAINER_MEMCG_SINCE
+            ));
+        }
+        let socket = match usage::control_socket(&self.root, id, sandbox) {
+            Ok(s) => s,
+            Err(e) => return OwnMemory::Unavailable(format!("no sandbox control socket: {e}")),
+        };
+        let memcg = ContainerMemcg::new(ControlClient::new(socket), id);
+        match memcg.read().await {
+            Ok(first) => OwnMemory::Sampled {
+                sampler: Arc::new(memcg),
+                first,
+            },
+            Err(e @ UsageError::File { .. }) => OwnMemory::Unavailable(format!(
+                "the container has no memory cgroup in its sandbox (runsc {} makes one only \
+                 for a container whose spec mounts cgroupfs at /sys/fs/cgroup, as CRI's do): {e}",
+                release.map_or_else(|| "?".into(), |r| r.to_string())
+            )),
+            Err(e) => OwnMemory::Unavailable(e.to_string()),
+        }
     }
 
     fn exit_evidence(&self, id: &str) -> Option<String> {

@@ -38,6 +38,41 @@ pub fn collect(pid: i32) -> Result<Any, String> {
     Ok(any)
 }
 
+/// The kernel's "no limit" for a v1 memcg (PAGE_COUNTER_MAX pages).
+const V1_UNLIMITED: u64 = 9223372036854771712;
+
+/// Replaces the memory figures of host metrics (those of a memcg shared by
+/// a whole sandbox) with a container's own usage and limit, as its runtime
+/// accounts them. The memcg's breakdown (rss, cache, ...) describes the
+/// sandbox, not the container, so it is left out rather than misattributed.
+pub fn with_own_memory(any: Any, usage: u64, limit: Option<u64>) -> Result<Any, String> {
+    let mut out = Any::new();
+    out.type_url = any.type_url.clone();
+    match any.type_url.as_str() {
+        "io.containerd.cgroups.v1.Metrics" => {
+            let mut m = v1::Metrics::parse_from_bytes(&any.value).map_err(|e| e.to_string())?;
+            let mut mem = v1::MemoryStat::new();
+            let mut entry = v1::MemoryEntry::new();
+            entry.usage = usage;
+            entry.limit = limit.unwrap_or(V1_UNLIMITED);
+            mem.hierarchical_memory_limit = entry.limit;
+            mem.usage = MessageField::some(entry);
+            m.memory = MessageField::some(mem);
+            out.value = m.write_to_bytes().map_err(|e| e.to_string())?;
+        }
+        "io.containerd.cgroups.v2.Metrics" => {
+            let mut m = v2::Metrics::parse_from_bytes(&any.value).map_err(|e| e.to_string())?;
+            let mut mem = v2::MemoryStat::new();
+            mem.usage = usage;
+            mem.usage_limit = limit.unwrap_or(u64::MAX);
+            m.memory = MessageField::some(mem);
+            out.value = m.write_to_bytes().map_err(|e| e.to_string())?;
+        }
+        other => return Err(format!("unknown metrics type {other:?}")),
+    }
+    Ok(out)
+}
+
 fn read_u64(path: &Path) -> Option<u64> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
 }
@@ -228,6 +263,36 @@ fn v2_metrics(dir: &Path) -> Result<v2::Metrics, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn own_memory_replaces_the_shared_memcg_figures() {
+        let host = collect(std::process::id() as i32).unwrap();
+        let own = with_own_memory(host.clone(), 5 << 20, Some(64 << 20)).unwrap();
+        assert_eq!(own.type_url, host.type_url);
+        match own.type_url.as_str() {
+            "io.containerd.cgroups.v1.Metrics" => {
+                let before = v1::Metrics::parse_from_bytes(&host.value).unwrap();
+                let m = v1::Metrics::parse_from_bytes(&own.value).unwrap();
+                assert_eq!(
+                    (m.memory.usage.usage, m.memory.usage.limit),
+                    (5 << 20, 64 << 20)
+                );
+                assert_eq!(m.memory.total_inactive_file, 0, "the sandbox's breakdown");
+                assert_eq!(m.cpu, before.cpu, "only memory changes");
+                assert_eq!(m.memory_oom_control, before.memory_oom_control);
+                let unlimited = with_own_memory(host, 1, None).unwrap();
+                let m = v1::Metrics::parse_from_bytes(&unlimited.value).unwrap();
+                assert_eq!(m.memory.usage.limit, V1_UNLIMITED);
+            }
+            _ => {
+                let m = v2::Metrics::parse_from_bytes(&own.value).unwrap();
+                assert_eq!((m.memory.usage, m.memory.usage_limit), (5 << 20, 64 << 20));
+            }
+        }
+        let mut bad = Any::new();
+        bad.type_url = "x".into();
+        assert!(with_own_memory(bad, 1, None).is_err());
+    }
 
     #[test]
     fn own_cgroup_metrics_are_filled() {

@@ -1,4 +1,5 @@
-//! gVisor specifics: the runtime-monitoring ("trace") stream of the sentry.
+//! gVisor specifics: the runtime-monitoring ("trace") stream of the sentry,
+//! and each container's own memory usage in a pod ([`usage`]).
 //!
 //! [`trace`] decodes the wire format (pure, no I/O); [`listener`] is a tokio
 //! `SOCK_SEQPACKET` listener that accepts the sandbox's connection, answers
@@ -8,6 +9,7 @@
 pub mod listener;
 pub mod monitor;
 pub mod trace;
+pub mod usage;
 
 pub use listener::{PeerCredentials, TraceError, TraceListener, TraceStream};
 pub use trace::{

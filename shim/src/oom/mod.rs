@@ -2,12 +2,15 @@
 //! (counters, notifications, the kernel log) and the verdict made from them
 //! when a process exits.
 
+pub mod container_limit;
 pub mod kmsg;
 pub mod memcg;
 mod notify;
+mod threshold;
 mod verdict;
 mod watch;
 
+pub use container_limit::ContainerMemory;
 pub use verdict::Verdict;
 pub use watch::OomWatch;
 

@@ -15,7 +15,8 @@ use oomguard_runtimes::{CreateOptions, ExecOptions, ExitReceiver, OciRuntime};
 
 use crate::config::RuntimeConfig;
 use crate::events::Publisher;
-use crate::oom::{oom_group_for, OomWatch};
+use crate::oom::container_limit::limit_of;
+use crate::oom::{oom_group_for, ContainerMemory, OomWatch};
 use crate::rootfs;
 use crate::rpc::{self, RpcResult};
 use crate::stdio::{self, ConsoleSocket, IoHandles, StdioSpec};
@@ -38,6 +39,8 @@ pub struct Container {
     /// The container has no pid namespace of its own: its processes outlive
     /// its init unless the shim kills them (see `kills_all_on_exit`).
     pub kill_all_on_exit: bool,
+    /// Its own memory usage and limit where its host memcg is shared.
+    pub own_memory: Arc<ContainerMemory>,
     rootfs_mounted: bool,
 }
 
@@ -134,6 +137,7 @@ impl Container {
             req.publisher.clone(),
             runtime.clone(),
         );
+        let own_memory = ContainerMemory::new(req.id, limit_of(&spec), req.publisher.clone());
         let container = Arc::new(Container {
             id: req.id.to_string(),
             namespace: req.namespace.to_string(),
@@ -143,6 +147,7 @@ impl Container {
             execs: Mutex::new(HashMap::new()),
             oom,
             kill_all_on_exit,
+            own_memory,
             rootfs_mounted,
         });
         Ok((container, exit))
@@ -221,6 +226,7 @@ impl Container {
             .await
             .map_err(rpc::from_runtime)?;
         self.init.set_state(State::Running);
+        self.own_memory.begin(self.runtime.clone(), self.init.pid());
         Ok(self.init.pid())
     }
 

@@ -29,7 +29,9 @@ pub async fn init_exited(container: Arc<Container>, exit: Exit, publisher: Publi
     // kill-all below. A Start in progress publishes TaskStart first.
     let verdict = {
         let _started = container.init.starting.lock().await;
-        container.oom.settle(&exit, true).await
+        let verdict = container.oom.settle(&exit, true).await;
+        // A gVisor container the shim killed for its own limit ends 137.
+        container.own_memory.settle(verdict).await
     };
     if container.kill_all_on_exit {
         container.kill_all_after_init().await;

@@ -469,8 +469,17 @@ impl Task for TaskService {
                 req.id
             )));
         }
-        let stats = metrics::collect(pid)
+        let mut stats = metrics::collect(pid)
             .map_err(|e| rpc::internal(format!("stats of {}: {e}", req.id)))?;
+        // In a shared sandbox the host memcg is the pod's: report the
+        // container's own memory where its runtime accounts it.
+        if let Some(own) = container.own_memory.usage().await {
+            let (usage, _source) = own.map_err(|e| {
+                rpc::internal(format!("stats of {}: its own memory usage: {e}", req.id))
+            })?;
+            stats = metrics::with_own_memory(stats, usage.container, container.own_memory.limit())
+                .map_err(|e| rpc::internal(format!("stats of {}: {e}", req.id)))?;
+        }
         let mut resp = StatsResponse::new();
         resp.stats = MessageField::some(stats);
         Ok(resp)
