@@ -67,22 +67,49 @@ impl Cri {
             .enable_all()
             .build()
             .expect("tokio runtime");
-        let channel = rt
-            .block_on(containerd_client::connect(&socket))
-            .expect("connect to containerd's socket");
+        let (runtime, images) = clients(&rt, &socket);
         let cri = Cri {
             version: version.to_string(),
             dir,
             socket,
             rt,
-            runtime: RuntimeServiceClient::new(channel.clone()),
-            images: ImageServiceClient::new(channel),
+            runtime,
+            images,
             ids: Mutex::new(Vec::new()),
             pod_cgroups: Mutex::new(Vec::new()),
             stopped: false,
         };
         cri.wait_ready(Duration::from_secs(20));
         cri
+    }
+
+    /// Sends containerd alone `signal` ("KILL" or "TERM"); shims, pods and
+    /// containers stay (`hack/containerd.sh kill`).
+    pub fn kill(&self, signal: &str) {
+        hack(
+            "containerd.sh",
+            &[
+                std::ffi::OsStr::new("kill"),
+                self.dir.as_os_str(),
+                std::ffi::OsStr::new(signal),
+            ],
+            &format!("containerd {} did not die of SIG{signal}", self.version),
+        );
+    }
+
+    /// Starts containerd again on the same root, state and sockets (CRI
+    /// recovers its pods and containers), connects anew and waits until CRI
+    /// is ready.
+    pub fn restart(&mut self) {
+        hack_start(
+            "cri/containerd.sh",
+            &self.version,
+            &self.dir,
+            &shim_dir(),
+            &format!("containerd {} (CRI) did not restart", self.version),
+        );
+        (self.runtime, self.images) = clients(&self.rt, &self.socket);
+        self.wait_ready(Duration::from_secs(20));
     }
 
     /// A client for CRI's RuntimeService (cheap: shares the connection).
@@ -544,6 +571,19 @@ impl Drop for Cri {
         show_log_if_failing(&self.dir.join("containerd.log"));
         self.stop();
     }
+}
+
+fn clients(
+    rt: &tokio::runtime::Runtime,
+    socket: &Path,
+) -> (RuntimeServiceClient<Channel>, ImageServiceClient<Channel>) {
+    let channel = rt
+        .block_on(containerd_client::connect(socket))
+        .expect("connect to containerd's socket");
+    (
+        RuntimeServiceClient::new(channel.clone()),
+        ImageServiceClient::new(channel),
+    )
 }
 
 /// `hack/deps.sh runsc` (gVisor's runsc on PATH): quick when it is there.
