@@ -2,6 +2,8 @@
 # Run a private containerd (1.6, 1.7 or 2.x) for tests.
 #
 # usage: hack/containerd.sh start VER DIR [SHIM_DIR]
+#        hack/containerd.sh kill DIR [SIGNAL]
+#        hack/containerd.sh release-events DIR
 #        hack/containerd.sh stop DIR
 #        hack/containerd.sh env VER DIR
 #        hack/containerd.sh config VER DIR
@@ -17,7 +19,16 @@
 #          so containerd-shim-oomguard-v2 and the same version's
 #          containerd-shim-runc-v2 are found. Waits (20 s at most) until the
 #          socket answers and prints its path. Already running for DIR: prints the
-#          socket path again.
+#          socket path again. On a DIR whose containerd was killed (see kill),
+#          start is a restart: same root, state and sockets, and containerd
+#          reconnects to the shims still running.
+#   kill   Sends SIGNAL (KILL, the default, or TERM) to DIR's containerd only
+#          and waits (20 s at most) until it is gone. Shims, containers, sockets
+#          and DIR stay, as after a containerd crash or upgrade; start again to
+#          restart it on the same root and state.
+#   release-events
+#          After a start with OOMGUARD_HOLD_EVENTS=1: lets the shims started
+#          before reach the new containerd's ttrpc socket (see below).
 #   stop   Stops what start started for DIR: removes the tasks through containerd
 #          (best effort), SIGTERM then (after 10 s) SIGKILL to containerd, SIGKILL
 #          to leftover shims started for DIR (-address DIR/containerd.sock) and to
@@ -41,6 +52,13 @@
 #                              a table ...containerd.runtimes.oomguard], the
 #                              built-in "oomguard" runtime is left out)
 #   OOMGUARD_CONTAINERD_ENV    extra "NAME=value" words for containerd's environment
+#   OOMGUARD_HOLD_EVENTS=1     containerd serves ttrpc on DIR/containerd.sock.ttrpc.held;
+#                              the path the shims already running send their
+#                              events to (DIR/containerd.sock.ttrpc) appears only
+#                              with release-events (a symlink to it). A test
+#                              restarting containerd subscribes to its events
+#                              first and then releases what the shims queued,
+#                              so none is published before anyone listens.
 set -euo pipefail
 # shellcheck source=hack/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -67,6 +85,16 @@ extra_defines_oomguard() {
 	[[ ${OOMGUARD_CONTAINERD_EXTRA:-} == *'.containerd.runtimes.oomguard]'* ]]
 }
 
+# containerd's ttrpc socket: held back from the shims on request (see
+# OOMGUARD_HOLD_EVENTS).
+ttrpc_socket() {
+	if [[ ${OOMGUARD_HOLD_EVENTS:-} == 1 ]]; then
+		printf '%s\n' "$1/containerd.sock.ttrpc.held"
+	else
+		printf '%s\n' "$1/containerd.sock.ttrpc"
+	fi
+}
+
 # write_config VER DIR [BUILTIN_OOMGUARD]: BUILTIN_OOMGUARD 0 leaves the
 # built-in "oomguard" runtime out.
 write_config() {
@@ -90,7 +118,7 @@ oom_score = 0
   address = $(toml_str "$sock")
 
 [ttrpc]
-  address = $(toml_str "$sock.ttrpc")
+  address = $(toml_str "$(ttrpc_socket "$dir")")
 
 [debug]
   level = "debug"
@@ -204,7 +232,7 @@ cmd_start() {
 
 	local sock="$dir/containerd.sock"
 	# sun_path holds 108 bytes including the NUL.
-	((${#sock} + 6 < 108)) || die "DIR is too long for a unix socket path: $sock.ttrpc"
+	((${#sock} + 11 < 108)) || die "DIR is too long for a unix socket path: $sock.ttrpc.held"
 
 	local pid
 	pid=$(daemon_pid "$dir/containerd.pid" "$dir/config.toml")
@@ -228,7 +256,7 @@ cmd_start() {
 	printf '%s\n' "$shim_dir" >"$dir/shim_dir"
 	# A config.toml made by 'config' is the operator's: used as it is.
 	[[ -e $dir/config.kept ]] || write_config "$ver" "$dir"
-	rm -f "$dir/containerd.pid" "$sock" "$sock.ttrpc"
+	rm -f "$dir/containerd.pid" "$sock" "$sock.ttrpc" "$sock.ttrpc.held"
 
 	local path="$shim_dir:$bin" d
 	local -a path_dirs
@@ -539,6 +567,39 @@ cmd_config() {
 	printf '%s\n' "$dir/config.toml"
 }
 
+cmd_kill() {
+	(($# >= 1 && $# <= 2)) || usage 2 >&2
+	local dir sig=${2:-KILL} pid i
+	dir=$(abs_dir "$1")
+	need_root
+	case $sig in
+	KILL | TERM) ;;
+	*) die "unknown signal '$sig' (expected KILL or TERM)" ;;
+	esac
+	[[ -e $dir/$MARKER ]] || die "$dir was not made by hack/containerd.sh ($MARKER missing)"
+	pid=$(daemon_pid "$dir/containerd.pid" "$dir/config.toml")
+	[[ -n $pid ]] || die "no containerd is running for $dir"
+	kill -"$sig" "$pid"
+	for ((i = 0; i < 200; i++)); do
+		alive "$pid" || break
+		sleep 0.1
+	done
+	alive "$pid" && die "containerd (pid $pid) still running 20 s after SIG$sig"
+	rm -f "$dir/containerd.pid"
+}
+
+cmd_release_events() {
+	(($# == 1)) || usage 2 >&2
+	local dir sock
+	dir=$(abs_dir "$1")
+	sock="$dir/containerd.sock"
+	[[ -S $sock.ttrpc.held ]] || die "$sock.ttrpc.held is not a socket: start with OOMGUARD_HOLD_EVENTS=1 first"
+	# A relative symlink, swapped in atomically: a shim connecting through
+	# it reaches the held socket.
+	ln -sfn "$(basename "$sock").ttrpc.held" "$sock.ttrpc.new"
+	mv -fT "$sock.ttrpc.new" "$sock.ttrpc"
+}
+
 cmd_env() {
 	(($# == 2)) || usage 2 >&2
 	local ver=$1 dir bin
@@ -565,6 +626,8 @@ shift
 case $sub in
 start) cmd_start "$@" ;;
 stop) cmd_stop "$@" ;;
+kill) cmd_kill "$@" ;;
+release-events) cmd_release_events "$@" ;;
 env) cmd_env "$@" ;;
 config) cmd_config "$@" ;;
 -h | --help | help) usage 0 ;;

@@ -16,7 +16,8 @@ use k8s_cri::v1::runtime_service_client::RuntimeServiceClient;
 use k8s_cri::v1::*;
 
 use crate::harness::{
-    hack, hack_start, hack_stop, instance_dir, repo, shim_dir, show_log_if_failing, tail, unique,
+    hack, hack_start, hack_start_env, hack_stop, instance_dir, repo, shim_dir, show_log_if_failing,
+    tail, unique,
 };
 
 /// Handlers registered by `hack/cri/containerd-*.toml` (and the stock one).
@@ -118,51 +119,62 @@ impl Cri {
     }
 
     fn start_in_with(version: &str, dir: PathBuf, extra: &str) -> Cri {
-        let socket = if extra.is_empty() {
-            hack_start(
-                "cri/containerd.sh",
-                version,
-                &dir,
-                &shim_dir(),
-                &format!("containerd {version} (CRI) did not start"),
-            )
-        } else {
-            let out = std::process::Command::new(repo().join("hack/cri/containerd.sh"))
-                .arg("start")
-                .arg(version)
-                .arg(&dir)
-                .arg(shim_dir())
-                .env("OOMGUARD_CONTAINERD_EXTRA", extra)
-                .output()
-                .expect("run hack/cri/containerd.sh");
-            assert!(
-                out.status.success(),
-                "containerd {version} (CRI) did not start: {}",
-                String::from_utf8_lossy(&out.stderr)
-            );
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
-        };
+        let socket = hack_start_env(
+            "cri/containerd.sh",
+            version,
+            &dir,
+            &shim_dir(),
+            &[("OOMGUARD_CONTAINERD_EXTRA", OsStr::new(extra))],
+            &format!("containerd {version} (CRI) did not start"),
+        );
         let socket = PathBuf::from(socket);
         let rt = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
             .expect("tokio runtime");
-        let channel = rt
-            .block_on(containerd_client::connect(&socket))
-            .expect("connect to containerd's socket");
+        let (runtime, images) = clients(&rt, &socket);
         let cri = Cri {
             version: version.to_string(),
             dir,
             socket,
             rt,
-            runtime: RuntimeServiceClient::new(channel.clone()),
-            images: ImageServiceClient::new(channel),
+            runtime,
+            images,
             ids: Mutex::new(Vec::new()),
             pod_cgroups: Mutex::new(Vec::new()),
             stopped: false,
         };
         cri.wait_ready(Duration::from_secs(20));
         cri
+    }
+
+    /// Sends containerd alone `signal` ("KILL" or "TERM"); shims, pods and
+    /// containers stay (`hack/containerd.sh kill`).
+    pub fn kill(&self, signal: &str) {
+        hack(
+            "containerd.sh",
+            &[
+                std::ffi::OsStr::new("kill"),
+                self.dir.as_os_str(),
+                std::ffi::OsStr::new(signal),
+            ],
+            &format!("containerd {} did not die of SIG{signal}", self.version),
+        );
+    }
+
+    /// Starts containerd again on the same root, state and sockets (CRI
+    /// recovers its pods and containers), connects anew and waits until CRI
+    /// is ready.
+    pub fn restart(&mut self) {
+        hack_start(
+            "cri/containerd.sh",
+            &self.version,
+            &self.dir,
+            &shim_dir(),
+            &format!("containerd {} (CRI) did not restart", self.version),
+        );
+        (self.runtime, self.images) = clients(&self.rt, &self.socket);
+        self.wait_ready(Duration::from_secs(20));
     }
 
     /// A client for CRI's RuntimeService (cheap: shares the connection).
@@ -639,6 +651,19 @@ impl Drop for Cri {
         show_log_if_failing(&self.dir.join("containerd.log"));
         self.stop();
     }
+}
+
+fn clients(
+    rt: &tokio::runtime::Runtime,
+    socket: &Path,
+) -> (RuntimeServiceClient<Channel>, ImageServiceClient<Channel>) {
+    let channel = rt
+        .block_on(containerd_client::connect(socket))
+        .expect("connect to containerd's socket");
+    (
+        RuntimeServiceClient::new(channel.clone()),
+        ImageServiceClient::new(channel),
+    )
 }
 
 /// `hack/deps.sh runsc` (gVisor's runsc on PATH): quick when it is there.

@@ -212,6 +212,33 @@ impl Containerd {
         let _ = self.ctr(&["container", "rm", id]);
     }
 
+    /// `ctr task ls` as (id, pid, status).
+    pub fn tasks(&self) -> Vec<(String, i32, String)> {
+        let out = self.ctr(&["task", "ls"]);
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .skip(1)
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                Some((
+                    w.next()?.to_string(),
+                    w.next()?.parse().ok()?,
+                    w.next()?.to_string(),
+                ))
+            })
+            .collect()
+    }
+
+    /// The host pid of a running task's init.
+    pub fn task_pid(&self, id: &str) -> i32 {
+        let tasks = self.tasks();
+        tasks
+            .iter()
+            .find(|t| t.0 == id && t.2 == "RUNNING")
+            .unwrap_or_else(|| panic!("{id} is not running: {tasks:?}"))
+            .1
+    }
+
     /// The shims still running for this containerd.
     pub fn shim_pids(&self) -> Vec<i32> {
         let needle = format!("-address {}", self.socket.display());
@@ -250,7 +277,65 @@ impl Containerd {
             }
             let state = format!("/run/containerd/runc/{}/{id}", self.namespace);
             assert!(!Path::new(&state).exists(), "runc state left: {state}");
+            let socket = self.shim_socket(id);
+            assert!(!socket.exists(), "shim socket left: {}", socket.display());
         }
+    }
+
+    /// The socket of the shim that serves container `id` (one not in a pod):
+    /// `/run/containerd/s/` + sha256 of "ADDRESS/NAMESPACE/ID", as
+    /// containerd-shim names it.
+    pub fn shim_socket(&self, id: &str) -> PathBuf {
+        use sha2::{Digest, Sha256};
+        let key = format!("{}/{}/{id}", self.socket.display(), self.namespace);
+        PathBuf::from(format!(
+            "/run/containerd/s/{:x}",
+            Sha256::digest(key.as_bytes())
+        ))
+    }
+
+    /// Sends containerd alone `signal` ("KILL" or "TERM") and waits until it
+    /// is gone: shims, containers and DIR stay, as after a crash or during
+    /// an upgrade (`hack/containerd.sh kill`).
+    pub fn kill(&self, signal: &str) {
+        hack(
+            "containerd.sh",
+            &[OsStr::new("kill"), self.dir.as_os_str(), OsStr::new(signal)],
+            &format!("containerd {} did not die of SIG{signal}", self.version),
+        );
+    }
+
+    /// Starts containerd again on the same root and state. With
+    /// `hold_events`, the shims already running reach its ttrpc socket only
+    /// after `release_events`, so a subscriber can be in place before
+    /// anything they queued is published.
+    pub fn restart(&self, hold_events: bool) {
+        let dir = self.dir.as_os_str();
+        let shims = shim_dir();
+        hack_env(
+            "containerd.sh",
+            &[
+                OsStr::new("start"),
+                OsStr::new(&self.version),
+                dir,
+                shims.as_os_str(),
+            ],
+            &[(
+                "OOMGUARD_HOLD_EVENTS",
+                OsStr::new(if hold_events { "1" } else { "" }),
+            )],
+            &format!("containerd {} did not restart", self.version),
+        );
+    }
+
+    /// Lets the shims that were running before a held restart reach
+    /// containerd's ttrpc socket.
+    pub fn release_events(&self) {
+        hack(
+            "containerd.sh",
+            &[OsStr::new("release-events"), self.dir.as_os_str()],
+            "release-events",
+        );
     }
 
     /// Stops containerd (also done on drop).
@@ -272,6 +357,53 @@ impl Drop for Containerd {
         show_log_if_failing(&self.dir.join("containerd.log"));
         self.stop();
     }
+}
+
+/// Whether process `pid` has ended: no /proc entry, or a zombie (this
+/// machine's PID 1 reaps orphans seconds late).
+pub fn gone(pid: i32) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return true;
+    };
+    // "pid (comm) S ...": comm may hold spaces and parentheses.
+    stat.rsplit_once(") ")
+        .is_some_and(|(_, rest)| rest.starts_with('Z') || rest.starts_with('X'))
+}
+
+/// Waits until every pid is gone; panics with `what` after `timeout`.
+pub fn wait_gone(pids: &[i32], timeout: Duration, what: &str) {
+    let deadline = Instant::now() + timeout;
+    while pids.iter().any(|p| !gone(*p)) {
+        let left: Vec<&i32> = pids.iter().filter(|p| !gone(**p)).collect();
+        assert!(
+            Instant::now() < deadline,
+            "{what}: still running after {timeout:?}: {left:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The oom_kill count in a cgroup v1 memcg's `memory.oom_control` (0 when
+/// unreadable).
+pub fn memcg_oom_kills(memcg: &Path) -> u64 {
+    std::fs::read_to_string(memcg.join("memory.oom_control"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("oom_kill "))
+        .and_then(|n| n.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+/// Sends `sig` to `pid`, which must exist.
+pub fn signal(pid: i32, sig: i32) {
+    // SAFETY: kill(2) has no memory effects.
+    let rc = unsafe { libc::kill(pid, sig) };
+    assert_eq!(
+        rc,
+        0,
+        "kill({pid}, {sig}): {}",
+        std::io::Error::last_os_error()
+    );
 }
 
 /// The last `n` lines of `text`.
@@ -408,8 +540,14 @@ pub struct Events {
 
 impl Events {
     fn subscribe(c: &Containerd) -> Events {
-        let mut cmd = Command::new(&c.ctr);
-        cmd.arg("--address").arg(&c.socket).arg("events");
+        Events::on(&c.version, &c.socket, &c.namespace)
+    }
+
+    /// `ctr events` of containerd `version` at `socket`; `of` and the
+    /// waits look at `namespace`.
+    pub fn on(version: &str, socket: &Path, namespace: &str) -> Events {
+        let mut cmd = Command::new(repo().join(format!(".cache/containerd/{version}/bin/ctr")));
+        cmd.arg("--address").arg(socket).arg("events");
         cmd.stdout(Stdio::piped())
             .stderr(Stdio::null())
             .stdin(Stdio::null());
@@ -429,7 +567,7 @@ impl Events {
         Events {
             child,
             seen,
-            namespace: c.namespace.clone(),
+            namespace: namespace.to_string(),
         }
     }
 

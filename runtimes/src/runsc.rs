@@ -10,6 +10,7 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::SystemTime;
 
@@ -24,7 +25,7 @@ use crate::gvisor::usage::{self, ContainerMemcg, ControlClient, UsageError};
 use crate::reaper::reaper;
 use crate::runc::Runc;
 use crate::{
-    ContainerState, CreateOptions, ExecOptions, Exit, ExitReceiver, OciRuntime, OwnMemory,
+    ContainerState, CreateOptions, Error, ExecOptions, Exit, ExitReceiver, OciRuntime, OwnMemory,
     ProcessStdio, Result, WaitStatus,
 };
 
@@ -70,6 +71,8 @@ pub struct Runsc {
     held: Mutex<Option<ProcessStdio>>,
     /// `runsc wait` answers only for a started container.
     started: watch::Sender<bool>,
+    /// The sandbox process (the pid file's), once created.
+    sandbox_pid: AtomicI32,
 }
 
 #[derive(Deserialize)]
@@ -98,6 +101,7 @@ impl Runsc {
             bundle: bundle.to_path_buf(),
             held: Mutex::new(None),
             started: watch::channel(false).0,
+            sandbox_pid: AtomicI32::new(0),
         }
     }
 
@@ -215,7 +219,36 @@ impl OciRuntime for Runsc {
     }
 
     async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {
-        self.runc.kill(id, signal, all).await
+        let res = self.runc.kill(id, signal, all).await;
+        let pid = self.sandbox_pid.load(Ordering::Relaxed);
+        match res {
+            // runsc signals no container before it starts. A sandbox whose
+            // root container never started (its `runsc start` failed) has
+            // no application yet: the sandbox process stands in for the
+            // init, as `runc init` does for runc, so it takes the signal and
+            // the task can end. (A joining container is the sandbox's
+            // guest: its caller handles that case.)
+            Err(e)
+                if !self.joins
+                    && pid > 0
+                    && !*self.started.borrow()
+                    && e.to_string().contains("in state created") =>
+            {
+                info!("runsc id={id}: not started; signal {signal} goes to sandbox pid {pid}");
+                let sig =
+                    nix::sys::signal::Signal::try_from(signal as i32).map_err(|_| Error::Io {
+                        what: format!("kill {id}: signal {signal}"),
+                        source: std::io::Error::from_raw_os_error(libc::EINVAL),
+                    })?;
+                nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), sig).map_err(|errno| {
+                    Error::Io {
+                        what: format!("kill {id}: sandbox pid {pid}"),
+                        source: std::io::Error::from_raw_os_error(errno as i32),
+                    }
+                })
+            }
+            other => other,
+        }
     }
 
     async fn delete(&self, id: &str, force: bool) -> Result<()> {
@@ -304,6 +337,7 @@ impl OciRuntime for Runsc {
     /// shim). A joining container ends when `runsc wait` says so, or with
     /// the sandbox if that dies first (its status then is the sandbox's).
     fn watch_init(&self, id: &str, pid: i32) -> ExitReceiver {
+        self.sandbox_pid.store(pid, Ordering::Relaxed);
         let sandbox = reaper().watch(pid);
         if !self.joins {
             return sandbox;

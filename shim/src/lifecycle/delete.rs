@@ -2,7 +2,8 @@
 //! runtime state and rootfs must go; the exit is reported as SIGKILL.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use containerd_shim::Flags;
@@ -53,6 +54,7 @@ pub fn run(flags: &Flags) -> Result<(), String> {
     if let Err(e) = crate::rootfs::unmount(&bundle.join("rootfs")) {
         eprintln!("delete {}: {e}", flags.id);
     }
+    remove_dead_socket(&bundle, &flags.id);
     let mut resp = DeleteResponse::new();
     resp.exit_status = 128 + libc::SIGKILL as u32;
     resp.exited_at = MessageField::some(crate::events::now());
@@ -64,4 +66,24 @@ pub fn run(flags: &Flags) -> Result<(), String> {
         .write_all(&bytes)
         .and_then(|_| stdout.flush())
         .map_err(|e| format!("delete: write response: {e}"))
+}
+
+/// The shim's socket, once no shim answers on it: a shim that was killed
+/// (-9, the OOM killer) cannot remove its own, and containerd leaves it.
+/// A shim still serving other containers of the pod keeps it.
+fn remove_dead_socket(bundle: &Path, id: &str) {
+    let Ok(address) = std::fs::read_to_string(bundle.join("address")) else {
+        return;
+    };
+    let address = address.trim();
+    let path = address.strip_prefix("unix://").unwrap_or(address);
+    match UnixStream::connect(path) {
+        Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+            if let Err(e) = std::fs::remove_file(path) {
+                eprintln!("delete {id}: remove dead shim socket {path}: {e}");
+            }
+        }
+        // Served (a live shim of the pod), or already gone.
+        _ => {}
+    }
 }

@@ -4,6 +4,7 @@
 
 use std::os::fd::FromRawFd;
 use std::sync::Arc;
+use std::time::Duration;
 
 use containerd_shim::Flags;
 use containerd_shim_protos::shim_async::create_task;
@@ -11,10 +12,19 @@ use containerd_shim_protos::ttrpc::r#async::transport::Listener;
 use containerd_shim_protos::ttrpc::r#async::Server;
 use log::{error, info, warn};
 use oomguard_runtimes::reaper::reaper;
+use tokio::signal::unix::{signal, SignalKind};
 
 use super::LISTENER_FD;
 use crate::events::Publisher;
 use crate::task::service::TaskService;
+
+/// How long a Shutdown from containerd waits for queued events and running
+/// RPCs (containerd is there, so this takes milliseconds unless it hangs).
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// How long SIGTERM/SIGINT wait for the same: short, so that a node's
+/// shutdown is not held up by a containerd that is already gone.
+const SIGNAL_GRACE: Duration = Duration::from_secs(2);
 
 pub fn run(flags: &Flags) -> Result<(), String> {
     if let Err(e) = containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
@@ -45,12 +55,12 @@ async fn serve(flags: &Flags, ttrpc_address: String) -> Result<(), String> {
         .map_err(|e| format!("serve: listener on fd {LISTENER_FD}: {e}"))?;
 
     let publisher = Publisher::new(ttrpc_address, flags.namespace.clone());
-    let service = Arc::new(TaskService::new(flags.namespace.clone(), publisher));
+    let service = Arc::new(TaskService::new(flags.namespace.clone(), publisher.clone()));
     let shutdown = service.shutdown.clone();
     let inflight = service.inflight.clone();
     let mut server = Server::new()
         .add_listener(listener)
-        .register_service(create_task(service));
+        .register_service(create_task(service.clone()));
     server
         .start()
         .await
@@ -62,26 +72,57 @@ async fn serve(flags: &Flags, ttrpc_address: String) -> Result<(), String> {
         std::process::id()
     );
 
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .map_err(|e| format!("serve: SIGTERM handler: {e}"))?;
-    loop {
-        tokio::select! {
-            _ = shutdown.notified() => break,
-            _ = term.recv() => info!("serve: SIGTERM ignored; containerd ends a shim with Shutdown"),
-        }
-    }
-    // Answers still owed (a Kill whose exit led to this Shutdown) go out
-    // first: the server's shutdown drops running handlers.
-    let left = inflight.settle(std::time::Duration::from_secs(5)).await;
-    if left > 0 {
-        warn!("serve: shutting down with {left} RPC(s) unanswered after 5 s");
+    let mut term =
+        signal(SignalKind::terminate()).map_err(|e| format!("serve: SIGTERM handler: {e}"))?;
+    let mut int =
+        signal(SignalKind::interrupt()).map_err(|e| format!("serve: SIGINT handler: {e}"))?;
+    let (grace, by_signal) = tokio::select! {
+        _ = shutdown.notified() => (SHUTDOWN_GRACE, false),
+        _ = term.recv() => (signalled("SIGTERM", &service), true),
+        _ = int.recv() => (signalled("SIGINT", &service), true),
+    };
+    // What is owed goes out first, within `grace`: the events queued for
+    // containerd, and the answers of RPCs still running (the server's
+    // shutdown drops running handlers; CI once saw a Kill whose exit led to
+    // Delete and Shutdown lose its answer). A second signal cuts it short.
+    let deadline = tokio::time::Instant::now() + grace;
+    let owed = async {
+        let left = publisher.flush(grace).await;
+        let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+        (left, inflight.settle(remaining).await)
+    };
+    let (events_left, rpcs_left) = tokio::select! {
+        r = owed => r,
+        _ = term.recv() => (publisher.flush(Duration::ZERO).await, inflight.running()),
+        _ = int.recv() => (publisher.flush(Duration::ZERO).await, inflight.running()),
+    };
+    if events_left > 0 || rpcs_left > 0 {
+        warn!(
+            "serve: exiting with {events_left} event(s) undelivered and {rpcs_left} RPC(s) unanswered (grace {grace:?})"
+        );
     }
     // Let the last answers reach containerd before the socket goes.
-    tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    let _ = server.shutdown().await;
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    // The server's graceful shutdown waits for every handler, and after a
+    // signal some never end (a Wait on a container still running): the
+    // process exit closes those connections.
+    if !by_signal {
+        let _ = tokio::time::timeout(Duration::from_secs(1), server.shutdown()).await;
+    }
     if let Some(path) = flags.socket.strip_prefix("unix://") {
         let _ = std::fs::remove_file(path);
     }
     info!("shim exiting");
     Ok(())
+}
+
+/// SIGTERM/SIGINT end the shim as they end containerd's Go shim: the
+/// containers are left running (reparented), and containerd, seeing the
+/// shim's socket close, cleans up through `delete` (which kills them).
+fn signalled(name: &str, service: &TaskService) -> Duration {
+    info!(
+        "serve: {name}: exiting within {SIGNAL_GRACE:?}; {} container(s) left to containerd's clean-up",
+        service.container_count()
+    );
+    SIGNAL_GRACE
 }

@@ -49,6 +49,8 @@ pub struct OomWatch {
     /// the watch and the exit path never both publish one episode.
     published: tokio::sync::Mutex<u64>,
     notifications: AtomicU64,
+    /// The queue place of the last TaskOOM the watch published.
+    queued_oom: AtomicU64,
     victims: Mutex<Vec<Victim>>,
     task: Mutex<Option<Watcher>>,
     publisher: Publisher,
@@ -101,6 +103,7 @@ impl OomWatch {
             oom_group,
             published: tokio::sync::Mutex::new(0),
             notifications: AtomicU64::new(0),
+            queued_oom: AtomicU64::new(0),
             victims: Mutex::new(Vec::new()),
             task: Mutex::new(None),
             publisher,
@@ -190,7 +193,12 @@ impl OomWatch {
                 "oom id={} source={source:?} oom_kills={kills} group_kills={} (counter={} kernel_log={logged}) episodes={due}: publishing TaskOOM",
                 self.id, c.group_kills, show(counted)
             );
-            self.publish(&mut published, due).await;
+            // Queued, not awaited: containerd may be away for minutes, and
+            // neither the kill nor the next episode's TaskOOM waits for it.
+            // The exit path waits for its delivery before releasing Wait.
+            let seq = self.publisher.publish(self.oom_event());
+            self.queued_oom.fetch_max(seq, Ordering::Relaxed);
+            *published = due;
             drop(published);
             if self.oom_group {
                 info!("oom id={}: oom_group: killing the whole container", self.id);
@@ -220,11 +228,15 @@ impl OomWatch {
         }
     }
 
-    async fn publish(&self, published: &mut u64, episodes: u64) {
+    fn oom_event(&self) -> Event {
         let mut ev = TaskOOM::new();
         ev.container_id = self.id.clone();
-        if !self.publisher.publish_acked(Event::Oom(ev)).await {
-            warn!("oom id={}: TaskOOM not acknowledged by containerd", self.id);
+        Event::Oom(ev)
+    }
+
+    async fn publish(&self, published: &mut u64, episodes: u64) {
+        if !self.publisher.publish_acked(self.oom_event()).await {
+            warn!("oom id={}: TaskOOM refused by containerd", self.id);
         }
         *published = episodes;
     }
@@ -313,8 +325,15 @@ impl OomWatch {
         );
         if verdict.oom_event {
             self.publish(&mut published, episodes.max(1)).await;
+            drop(published);
+        } else {
+            drop(published);
+            // A TaskOOM the watch queued is in before the caller releases
+            // Wait and queues TaskExit.
+            self.publisher
+                .delivered(self.queued_oom.load(Ordering::Relaxed))
+                .await;
         }
-        drop(published);
         if !is_init && self.oom_group && (verdict.oom_killed || verdict.oom_event) {
             info!(
                 "oom id={}: oom_group: an exec was OOM-killed; killing the whole container",

@@ -118,6 +118,15 @@ impl Container {
         let exit = match created {
             Ok(exit) => exit,
             Err(e) => {
+                // The runtime may have made the container before it failed
+                // (or before the pid file or console went wrong): nothing
+                // of it may stay behind, `runc init` included.
+                match runtime.delete(req.id, true).await {
+                    Err(d) if !d.is_not_found() => {
+                        warn!("create id={}: delete after failure: {d}", req.id)
+                    }
+                    _ => {}
+                }
                 if let Err(u) = rootfs::unmount(&bundle.join("rootfs")) {
                     warn!("create id={}: unmount after failure: {u}", req.id);
                 }

@@ -39,8 +39,8 @@ pub async fn init_exited(container: Arc<Container>, exit: Exit, publisher: Publi
     let execs = container.running_execs();
     if !execs.is_empty() {
         let all = async {
-            for p in execs {
-                p.wait().await;
+            for p in &execs {
+                p.reaped().await;
             }
         };
         if tokio::time::timeout(EXECS_FIRST, all).await.is_err() {
@@ -48,6 +48,11 @@ pub async fn init_exited(container: Arc<Container>, exit: Exit, publisher: Publi
                 "exit id={}: execs still running after init exit",
                 container.id
             );
+        }
+        // A reaped exec's exit goes first however long its verdict takes
+        // (its TaskOOM may wait for containerd to come back).
+        for p in execs.iter().filter(|p| p.is_reaped()) {
+            p.wait().await;
         }
     }
     container.init.io.lock().await.drain().await;
@@ -60,6 +65,7 @@ pub async fn exec_exited(
     exit: Exit,
     publisher: Publisher,
 ) {
+    process.set_reaped();
     process.io.lock().await.drain().await;
     let verdict = container.oom.settle(&exit, false).await;
     info!(

@@ -46,6 +46,9 @@ pub struct Process {
     pub stdio: StdioSpec,
     inner: Mutex<Inner>,
     exit: watch::Sender<Option<ExitInfo>>,
+    /// Set when the process was reaped, before its exit is decided (which
+    /// can wait for containerd to acknowledge a TaskOOM).
+    reaped: watch::Sender<bool>,
     pub io: tokio::sync::Mutex<IoHandles>,
     /// Held by Start until TaskStart is published: an exit reaped meanwhile
     /// waits for it, so containerd never sees TaskExit before TaskStart.
@@ -62,6 +65,7 @@ impl Process {
                 pid: 0,
             }),
             exit: watch::channel(None).0,
+            reaped: watch::channel(false).0,
             io: tokio::sync::Mutex::new(IoHandles::default()),
             starting: tokio::sync::Mutex::new(()),
         }
@@ -100,6 +104,21 @@ impl Process {
     pub fn set_exited(&self, info: ExitInfo) {
         self.inner().state = State::Stopped;
         self.exit.send_replace(Some(info));
+    }
+
+    pub fn set_reaped(&self) {
+        self.reaped.send_replace(true);
+    }
+
+    pub fn is_reaped(&self) -> bool {
+        *self.reaped.borrow()
+    }
+
+    /// Resolves once the process was reaped.
+    pub async fn reaped(&self) {
+        let mut rx = self.reaped.subscribe();
+        // The sender lives as long as the process.
+        let _ = rx.wait_for(|r| *r).await;
     }
 
     /// Resolves with the decided exit.

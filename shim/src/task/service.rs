@@ -24,7 +24,7 @@ use containerd_shim_protos::shim::oci::ProcessDetails;
 use containerd_shim_protos::shim_async::Task;
 use containerd_shim_protos::ttrpc::r#async::TtrpcContext;
 use containerd_shim_protos::types::task::ProcessInfo;
-use log::{info, warn};
+use log::{debug, info, warn};
 use tokio::sync::Notify;
 
 use crate::config::RuntimeConfig;
@@ -56,6 +56,10 @@ impl TaskService {
             shutdown: Arc::new(Notify::new()),
             inflight: Arc::new(InFlight::default()),
         }
+    }
+
+    pub fn container_count(&self) -> usize {
+        self.containers().len()
     }
 
     fn containers(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Container>>> {
@@ -265,11 +269,31 @@ impl Task for TaskService {
     async fn pids(&self, _ctx: &TtrpcContext, req: PidsRequest) -> RpcResult<PidsResponse> {
         let _rpc = self.inflight.enter();
         let container = self.container(&req.id)?;
-        let pids = container
-            .runtime
-            .ps(&req.id)
-            .await
-            .map_err(rpc::from_runtime)?;
+        let listed = container.runtime.ps(&req.id).await;
+        // containerd, when it starts again, deletes a task whose shim lists
+        // no process as a leftover of a Create that never finished
+        // (loadShims, "cleaning leaked shim process"). A container whose exit
+        // containerd has not been told about yet must not go that way: it
+        // keeps its init listed until its events are delivered.
+        let init = container.init.pid();
+        let untold = init > 0
+            && (container.init.state() != State::Stopped || self.publisher.has_pending(&req.id));
+        let pids = match listed {
+            Ok(mut pids) => {
+                if untold && !pids.contains(&init) {
+                    pids.insert(0, init);
+                }
+                pids
+            }
+            Err(e) if untold => {
+                debug!(
+                    "pids id={}: {e}; listing the init until containerd has its exit",
+                    req.id
+                );
+                vec![init]
+            }
+            Err(e) => return Err(rpc::from_runtime(e)),
+        };
         let execs: HashMap<i32, String> = container
             .execs
             .lock()
@@ -449,10 +473,12 @@ impl Task for TaskService {
     }
 
     async fn wait(&self, _ctx: &TtrpcContext, req: WaitRequest) -> RpcResult<WaitResponse> {
-        let _rpc = self.inflight.enter();
         let container = self.container(&req.id)?;
         let process = container.process(&req.exec_id)?;
         let exit = process.wait().await;
+        // Counted from here only: a Wait whose process still runs is owed
+        // no answer when the shim goes (SIGTERM does not wait for it).
+        let _rpc = self.inflight.enter();
         let mut resp = WaitResponse::new();
         resp.exit_status = exit.exit_status;
         resp.exited_at = MessageField::some(timestamp(exit.at));
