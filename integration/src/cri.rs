@@ -231,6 +231,18 @@ impl Cri {
     fn wait_ready(&self, timeout: Duration) {
         let deadline = Instant::now() + timeout;
         loop {
+            // A CRI that is still starting (after a restart) answers
+            // "server is not initialized yet": not ready, not a failure.
+            let status = self.call("Status", self.rs().status(StatusRequest { verbose: false }));
+            if let Err(e) = &status {
+                assert!(
+                    Instant::now() < deadline,
+                    "CRI not ready after {timeout:?}: {e:?}\n{}",
+                    self.log_tail(20)
+                );
+                std::thread::sleep(Duration::from_millis(100));
+                continue;
+            }
             let c = self.conditions();
             let tags = self.image_tags();
             let images = [IMAGE, PAUSE_IMAGE]
