@@ -26,7 +26,8 @@ for ver in "${vers[@]}"; do
 	"$REPO/hack/containerd.sh" stop "$dir"
 	sock=$("$REPO/hack/containerd.sh" start "$ver" "$dir" 2>/dev/null)
 	ctr=("$(containerd_bin_dir "$ver")/ctr" --address "$sock")
-	ns="selftest$$"
+	# Named after DIR, so that stop removes its empty cgroup parents.
+	ns="oomguard-selftest-$ver"
 	events="$dir/events.txt"
 	"${ctr[@]}" -n "$ns" events >"$events" 2>&1 &
 	events_pid=$!
@@ -57,7 +58,7 @@ for ver in "${vers[@]}"; do
 		[[ -e $cg ]] && fail "cgroup $cg left behind"
 	done
 	for p in /proc/[0-9]*/cmdline; do
-		tr '\0' ' ' <"$p" 2>/dev/null | grep -qF -- "$dir/" && fail "process ${p//[^0-9]/} left behind"
+		{ tr '\0' ' ' <"$p"; } 2>/dev/null | grep -qF -- "$dir/" && fail "process ${p//[^0-9]/} left behind"
 	done
 	if ((failed == failed_before)); then
 		note "containerd $ver ok"

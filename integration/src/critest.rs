@@ -171,8 +171,9 @@ impl Lane {
         }
     }
 
-    /// Runs the whole suite with `handler`; the report goes beside DIR.
-    pub fn run(&self, handler: &str) -> Run {
+    /// Runs the suite with `handler` (narrowed or tuned by `critest_args`,
+    /// e.g. `--ginkgo.focus`); the report goes beside DIR.
+    pub fn run(&self, handler: &str, critest_args: &[&str]) -> Run {
         let report = self.dir.with_file_name(format!(
             "{}-{handler}.json",
             self.dir.file_name().unwrap().to_string_lossy()
@@ -183,6 +184,7 @@ impl Lane {
             .arg(&self.dir)
             .arg(handler)
             .arg(&report)
+            .args(critest_args)
             .output()
             .expect("run hack/critest/run.sh run");
         let wall = started.elapsed();
