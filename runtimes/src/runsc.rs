@@ -159,11 +159,16 @@ impl OciRuntime for Runsc {
             Ok(config) => {
                 let mut args = self.global_args.clone();
                 args.push(format!("--pod-init-config={}", config.display()));
-                self.runc
+                let created = self
+                    .runc
                     .clone()
                     .with_global_args(args)
                     .create(id, opts)
-                    .await
+                    .await;
+                if created.is_err() {
+                    monitor::close(&sandbox);
+                }
+                created
             }
             Err(e) => {
                 warn!("runsc id={id}: no gVisor monitoring stream ({e}); host signals only");
@@ -193,7 +198,7 @@ impl OciRuntime for Runsc {
     async fn delete(&self, id: &str, force: bool) -> Result<()> {
         let res = self.runc.delete(id, force).await;
         if !self.joins {
-            monitor::forget(self.sandbox.as_deref().unwrap_or(id));
+            monitor::close(self.sandbox.as_deref().unwrap_or(id));
         }
         res
     }
