@@ -9,6 +9,7 @@ pub mod gvisor;
 pub mod reaper;
 pub mod runc;
 pub mod runsc;
+pub mod spec;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -41,6 +42,8 @@ pub enum Error {
         id: String,
         message: String,
     },
+    #[error("{id}: {message}")]
+    Spec { id: String, message: String },
     #[error("{what}: {source}")]
     Io {
         what: String,

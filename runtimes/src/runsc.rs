@@ -21,38 +21,17 @@ use crate::command::{self, Streams};
 use crate::gvisor::monitor;
 use crate::reaper::reaper;
 use crate::runc::Runc;
+use crate::spec::{self, PodRole};
 use crate::{
     ContainerState, CreateOptions, ExecOptions, Exit, ExitReceiver, OciRuntime, ProcessStdio,
     Result, WaitStatus,
 };
 
-/// The CRI annotations runsc reads to place a container in a pod.
-pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
-pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-
-/// Whether the spec at `bundle` describes a container that joins an
-/// existing sandbox (a CRI pod's application container).
-pub fn joins_sandbox(bundle: &Path) -> bool {
-    let Ok(bytes) = std::fs::read(bundle.join("config.json")) else {
-        return false;
-    };
-    let Ok(spec) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return false;
-    };
-    spec.pointer("/annotations")
-        .and_then(|a| a.get(CONTAINER_TYPE))
-        .and_then(|v| v.as_str())
-        == Some("container")
-}
-
-/// The sandbox a container belongs to, by the CRI annotation.
-fn sandbox_id(bundle: &Path) -> Option<String> {
-    let bytes = std::fs::read(bundle.join("config.json")).ok()?;
-    let spec = serde_json::from_slice::<serde_json::Value>(&bytes).ok()?;
-    spec.pointer("/annotations")?
-        .get(SANDBOX_ID)?
-        .as_str()
-        .map(str::to_string)
+/// A container's pod role from its bundle's spec (see [`crate::spec`]).
+fn pod_role(bundle: &Path) -> std::result::Result<PodRole, String> {
+    let path = bundle.join("config.json");
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    spec::pod_role(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 pub struct Runsc {
@@ -64,6 +43,8 @@ pub struct Runsc {
     /// The sandbox this container runs in (its own id for the root).
     sandbox: Option<String>,
     bundle: PathBuf,
+    /// Why the spec's pod annotations could not be read (Create fails).
+    bad_spec: Option<String>,
     /// A joining container's stdio, kept from Create for `runsc start`.
     held: Mutex<Option<ProcessStdio>>,
     /// `runsc wait` answers only for a started container.
@@ -86,14 +67,19 @@ impl Runsc {
     ) -> Self {
         let runc = Runc::new(binary.clone(), root.clone(), log, false)
             .with_global_args(global_args.clone());
+        let (role, bad_spec) = match pod_role(bundle) {
+            Ok(role) => (role, None),
+            Err(e) => (PodRole::default(), Some(e)),
+        };
         Runsc {
             runc,
             binary,
             root,
             global_args,
-            joins: joins_sandbox(bundle),
-            sandbox: sandbox_id(bundle),
+            joins: role.joins,
+            sandbox: role.sandbox,
             bundle: bundle.to_path_buf(),
+            bad_spec,
             held: Mutex::new(None),
             started: watch::channel(false).0,
         }
@@ -148,6 +134,12 @@ impl OciRuntime for Runsc {
         // runsc has no --no-pivot / --no-new-keyring.
         opts.no_pivot_root = false;
         opts.no_new_keyring = false;
+        if let Some(message) = &self.bad_spec {
+            return Err(crate::Error::Spec {
+                id: id.to_string(),
+                message: message.clone(),
+            });
+        }
         if self.joins {
             let stdio = std::mem::take(&mut opts.stdio);
             *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(stdio);
