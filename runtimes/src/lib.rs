@@ -5,6 +5,10 @@
 //! [`reaper`], which is the only place processes are waited for.
 
 pub mod command;
+#[cfg(test)]
+mod fuzz_tests;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod gvisor;
 pub mod reaper;
 pub mod runc;

@@ -269,7 +269,14 @@ impl RuntimeOptions {
         let mut o = RuntimeOptions::default();
         let mut is = CodedInputStream::from_bytes(bytes);
         let names = ["type_url", "config_path", "config_body"];
-        while let Some(tag) = is.read_raw_tag_or_eof().map_err(|e| e.to_string())? {
+        loop {
+            let at = is.pos();
+            let Some(tag) = is
+                .read_raw_tag_or_eof()
+                .map_err(|e| format!("field tag at byte {at}: {e}"))?
+            else {
+                break;
+            };
             let (field, wire) = (tag >> 3, tag & 7);
             let wire = WireType::new(wire)
                 .ok_or_else(|| format!("field {field}: undefined wire type {wire}"))?;

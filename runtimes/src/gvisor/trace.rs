@@ -26,10 +26,10 @@ use protobuf::rt::WireType;
 use protobuf::{Message as _, UnknownFields};
 
 /// The generated messages.
-mod pb {
+pub(crate) mod pb {
     include!(concat!(env!("OUT_DIR"), "/proto/mod.rs"));
 }
-use pb::gvisor_monitor as wire;
+pub(crate) use pb::gvisor_monitor as wire;
 
 /// Wire/protocol version this side speaks (gVisor `wire.CurrentVersion`).
 pub const WIRE_VERSION: u32 = 1;

@@ -193,6 +193,12 @@ pub struct Assembler {
 }
 
 impl Assembler {
+    /// Records waiting for their second half (bounded; for tests).
+    #[cfg(test)]
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
     pub fn push(&mut self, record: Record) -> Option<Victim> {
         match record {
             Record::OomKill(v) => {
