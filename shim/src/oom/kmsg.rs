@@ -143,7 +143,7 @@ fn parse_killed(rest: &str) -> Result<Record, String> {
         Some(v) => Some(
             v.strip_suffix("kB")
                 .and_then(|n| n.parse().ok())
-                .ok_or_else(|| format!("anon-rss {v:?} is not a number of kB"))?,
+                .ok_or_else(|| format!("Killed process: anon-rss {v:?} is not a number of kB"))?,
         ),
     };
     Ok(Record::Killed {
