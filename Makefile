@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: all deps build release demo test test-v2-soak test-outage unit integration lint bench clean critest critest-where
+.PHONY: all deps build release demo test test-v2-soak test-outage test-soak fuzz unit integration lint bench clean critest critest-where
 
 all: build
 
@@ -19,8 +19,9 @@ release:
 demo: deps build
 	hack/demo.sh
 
-# Unit tests, then integration tests against real containerd 1.6/1.7/2.x
-# (the critest lanes among them: integration/tests/critest.rs).
+# Unit tests (with a short run of every parser's fuzz test), then
+# integration tests against real containerd 1.6/1.7/2.x (the critest lanes
+# among them: integration/tests/critest.rs).
 test: deps build lint critest-where
 	$(CARGO) test --workspace --no-fail-fast -- --test-threads=2
 
@@ -34,6 +35,18 @@ critest-where:
 # handlers beside oomguard's (results in .cache/critest/results-*.md).
 critest: deps build critest-where
 	$(CARGO) test -p oomguard-integration --test critest -- --test-threads=2 --nocapture
+
+# Every parser of foreign bytes on 100000 generated inputs (optimised, with
+# overflow checks on); prints inputs, time and rejections per parser.
+FUZZ_CASES ?= 100000
+fuzz:
+	OOMGUARD_FUZZ_CASES=$(FUZZ_CASES) $(CARGO) test --profile fuzz -p oomguard-shim -p oomguard-runtimes fuzz_ -- --nocapture --test-threads=2 2>&1 | tee .cache/fuzz.log | grep -E '^fuzz |inputs in|test result|panicked|FAILED'; exit $${PIPESTATUS[0]}
+
+# create/start/exec/OOM/delete 1000 times with runc and 200 with runsc under
+# containerd 1.7; fails if the shim's fds or RSS, mounts, cgroups, runtime
+# state or /run/containerd/s sockets grow (figures in .cache/soak/).
+test-soak: deps build
+	$(CARGO) test -p oomguard-integration --test soak -- --ignored --nocapture --test-threads=1
 
 unit: build
 	$(CARGO) test --workspace --bins --lib

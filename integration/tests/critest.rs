@@ -113,6 +113,11 @@ fn containerd_2_runc() {
     lane("2", "2", &[runc_pair()]);
 }
 
+/// Placeholder, set from the measured runs below.
+const GVISOR_STOCK_ARGS: &[&str] = &[];
+const GVISOR_ARGS: &[&str] = &[];
+const GVISOR_CANNOT: &[(&str, &str)] = &[];
+
 #[test]
 fn containerd_1_7_gvisor() {
     lane(

@@ -1,9 +1,10 @@
 //! gVisor: oomguard delegating to real runsc (ptrace platform) under real
 //! containerd, single containers and pods (the CRI annotations runsc reads).
 
+use std::path::PathBuf;
 use std::time::Duration;
 
-use oomguard_integration::gvisor::{run_gvisor, runsc_config};
+use oomguard_integration::gvisor::{run_gvisor, runsc_binary, runsc_config};
 use oomguard_integration::harness::{assert_exit, assert_ok, assert_oom_story, Containerd};
 
 macro_rules! on_containerd_and_runsc {
@@ -19,7 +20,8 @@ on_containerd_and_runsc!(
     sandbox_oom_kill,
     pod_oom_kills_every_container,
     sandbox_killed_by_user,
-    malformed_monitoring_message,
+    monitoring_socket_is_private,
+    monitoring_socket_after_shim_killed,
     own_memory_limits_in_a_pod,
 );
 
@@ -198,8 +200,9 @@ fn sandbox_killed_by_user(version: &str, build: &str) {
     c.assert_clean(&["kpod", "kapp"]);
 }
 
-/// Connects to a SOCK_SEQPACKET socket, answers nothing, sends `packets`.
-fn inject(path: &str, packets: &[&[u8]]) {
+/// Connects to a SOCK_SEQPACKET socket, sends `packets`, and returns how
+/// many bytes came back (0: closed without an answer, i.e. refused).
+fn connect_and_send(path: &str, packets: &[&[u8]]) -> isize {
     unsafe {
         let fd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
         assert!(fd >= 0);
@@ -216,64 +219,228 @@ fn inject(path: &str, packets: &[&[u8]]) {
         );
         assert_eq!(r, 0, "connect {path}: {}", std::io::Error::last_os_error());
         for p in packets {
-            let n = libc::send(fd, p.as_ptr() as *const libc::c_void, p.len(), 0);
-            assert_eq!(n, p.len() as isize);
+            libc::send(
+                fd,
+                p.as_ptr() as *const libc::c_void,
+                p.len(),
+                libc::MSG_NOSIGNAL,
+            );
         }
         let mut buf = [0u8; 64];
-        libc::recv(
-            fd,
-            buf.as_mut_ptr() as *mut libc::c_void,
-            buf.len(),
-            libc::MSG_DONTWAIT,
-        );
-        std::thread::sleep(Duration::from_millis(200));
+        let n = libc::recv(fd, buf.as_mut_ptr() as *mut libc::c_void, buf.len(), 0);
         libc::close(fd);
+        n
     }
 }
 
-fn malformed_monitoring_message(version: &str, build: &str) {
-    let c = Containerd::start(version);
-    let cfg = runsc_config(&c, build);
-    let events = c.events();
-    let out = run_gvisor(&c, &cfg, "g-mon", &[], &["/bin/sleep", "1000"], true);
-    assert_ok(&out, "run -d");
-    let log = c.log();
-    let path = log
-        .lines()
-        .find_map(|l| l.split("trace listening at ").nth(1))
-        .map(|p| p.trim_end_matches('"').trim().to_string())
-        .expect("the shim logs its monitoring socket");
-    // A handshake (version 1), then a header claiming 60000 header bytes,
-    // then a container-start with a broken protobuf body.
-    inject(
+/// runsc behind a wrapper that, after `runsc create` of a sandbox, runs
+/// `trace-inject` on its pod init config: a descendant of the shim, so an
+/// admitted peer whose malformed packets reach the parser.
+fn injecting_runsc_config(c: &Containerd, build: &str) -> String {
+    let wrapper = c.dir.join("runsc-inject");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\n\"{real}\" \"$@\"\nrc=$?\ncfg=\nfor a in \"$@\"; do case \"$a\" in --pod-init-config=*) cfg=\"${{a#*=}}\";; esac; done\n\
+             case \" $* \" in *\" create \"*) [ -n \"$cfg\" ] && \"{inject}\" \"$cfg\" >>\"{log}\" 2>&1;; esac\nexit $rc\n",
+            real = runsc_binary(build).display(),
+            inject = env!("CARGO_BIN_EXE_trace-inject"),
+            log = c.dir.join("trace-inject.log").display(),
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let path = c.dir.join(format!("runsc-inject-{build}.toml"));
+    std::fs::write(
         &path,
-        &[
-            &[0x08, 0x01],
-            &[0x60, 0xea, 0x01, 0, 0, 0, 0, 0],
-            &[8, 0, 1, 0, 0, 0, 0, 0, 0x0a, 0xff, 0xff],
-        ],
-    );
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while !c.log().contains("malformed trace packet dropped") {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "no log line for the malformed packet"
-        );
+        format!(
+            "binary_name = \"{}\"\nroot = \"{}\"\n[runsc_config]\nplatform = \"ptrace\"\nnetwork = \"none\"\n",
+            wrapper.display(),
+            c.dir.join("runsc-root").display()
+        ),
+    )
+    .unwrap();
+    path.display().to_string()
+}
+
+/// containerd's bundle of a container.
+fn bundle(c: &Containerd, id: &str) -> PathBuf {
+    c.dir
+        .join("state/io.containerd.runtime.v2.task")
+        .join(&c.namespace)
+        .join(id)
+}
+
+/// The socket the shim says it listens on for `id`'s sandbox, and the
+/// endpoint it gave runsc.
+fn monitoring_socket(c: &Containerd, id: &str) -> (PathBuf, String) {
+    let needle = format!("gvisor sandbox={id}: trace listening at ");
+    let log = c.log();
+    let line = log
+        .lines()
+        .find_map(|l| l.split(&needle).nth(1))
+        .unwrap_or_else(|| panic!("the shim logs {id}'s monitoring socket"));
+    let (path, rest) = line.split_once(" (endpoint ").unwrap();
+    let endpoint = rest.split_once(", ").unwrap().0;
+    (PathBuf::from(path), endpoint.to_string())
+}
+
+fn wait_for_log(c: &Containerd, needle: &str, what: &str) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !c.log().contains(needle) {
+        assert!(std::time::Instant::now() < deadline, "no log line: {what}");
         std::thread::sleep(Duration::from_millis(100));
     }
-    // The container is unaffected and still answers.
-    let out = c.ctr(&["task", "exec", "--exec-id", "e1", "g-mon", "/bin/true"]);
-    assert_exit(&out, 0, "exit status");
-    c.remove("g-mon");
-    assert_oom_story(&events, "g-mon", false, 137);
-    let verdict = c
-        .log()
-        .lines()
-        .find(|l| l.contains("verdict id=g-mon"))
-        .map(str::to_string)
-        .unwrap_or_default();
-    assert!(verdict.contains("gvisor_stream(started=true"), "{verdict}");
-    c.assert_clean(&["g-mon"]);
+}
+
+/// The socket is in a 0700 directory of the bundle (through the shim's
+/// descriptor when the bundle is too long for sun_path), only descendants of
+/// the shim are heard, malformed packets from them are dropped, a foreign
+/// peer is refused and logged, and the directory goes with the container.
+fn monitoring_socket_is_private(version: &str, build: &str) {
+    use std::os::unix::fs::MetadataExt;
+    let c = Containerd::start(version);
+    let cfg = injecting_runsc_config(&c, build);
+    let events = c.events();
+    // A short id, and a 64-hex one as CRI makes (its bundle path is longer
+    // than sun_path).
+    let long = format!("{:064x}", 0x6d6f6eu64 + build.len() as u64);
+    for id in ["g-mon", long.as_str()] {
+        let out = run_gvisor(&c, &cfg, id, &[], &["/bin/sleep", "1000"], true);
+        assert_ok(&out, "run -d");
+        let (socket, endpoint) = monitoring_socket(&c, id);
+        let dir = bundle(&c, id).join("gvisor-monitor");
+        assert_eq!(socket, dir.join("trace.sock"), "in the bundle");
+        let meta = std::fs::symlink_metadata(&dir).unwrap();
+        assert!(meta.is_dir());
+        assert_eq!((meta.mode() & 0o7777, meta.uid()), (0o700, 0), "{dir:?}");
+        assert!(socket.exists());
+        if socket.as_os_str().len() <= 107 {
+            assert_eq!(endpoint, socket.display().to_string());
+        } else {
+            assert!(
+                endpoint.starts_with("/proc/") && endpoint.len() <= 107,
+                "{endpoint}"
+            );
+        }
+        // The wrapper's injector (a descendant of the shim) was admitted and
+        // its two bad packets dropped; this test process is refused.
+        wait_for_log(
+            &c,
+            &format!("gvisor sandbox={id}: malformed trace packet dropped"),
+            "the injected packet",
+        );
+        let answer = connect_and_send(&endpoint, &[&[0x08, 0x01]]);
+        assert!(answer <= 0, "a foreign peer got a handshake answer");
+        wait_for_log(
+            &c,
+            &format!(
+                "gvisor sandbox={id}: trace connection refused: pid={}",
+                std::process::id()
+            ),
+            "the refused peer",
+        );
+        // The container is unaffected and still answers.
+        let out = c.ctr(&["task", "exec", "--exec-id", "e1", id, "/bin/true"]);
+        assert_exit(&out, 0, "exit status");
+        c.remove(id);
+        assert_oom_story(&events, id, false, 137);
+        let verdict = c
+            .log()
+            .lines()
+            .find(|l| l.contains(&format!("verdict id={id}")))
+            .map(str::to_string)
+            .unwrap_or_default();
+        assert!(
+            verdict.contains("gvisor_stream(started=true")
+                && verdict.contains("malformed=2")
+                && verdict.contains("refused=1"),
+            "the sandbox's stream was heard: {verdict}"
+        );
+        assert!(!dir.exists(), "{dir:?} left after delete");
+    }
+    c.assert_clean(&["g-mon", &long]);
+}
+
+/// A shim killed -9: containerd's `delete` removes the socket directory.
+fn monitoring_socket_after_shim_killed(version: &str, build: &str) {
+    let c = Containerd::start(version);
+    let cfg = runsc_config(&c, build);
+    let out = run_gvisor(&c, &cfg, "g-dead", &[], &["/bin/sleep", "1000"], true);
+    assert_ok(&out, "run -d");
+    let (socket, _) = monitoring_socket(&c, "g-dead");
+    assert!(socket.exists());
+    let shims = c.shim_pids();
+    assert_eq!(shims.len(), 1, "{shims:?}");
+    unsafe { libc::kill(shims[0], libc::SIGKILL) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let ls = String::from_utf8_lossy(&c.ctr(&["task", "ls"]).stdout).to_string();
+        if !ls.contains("g-dead") {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "task still listed: {ls}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(
+        c.log().contains("cleaning up dead shim"),
+        "containerd cleaned up through delete"
+    );
+    // The dead shim's delete (run by containerd) removes the directory;
+    // containerd removes the bundle right after (so
+    // `delete_removes_a_dead_shims_monitoring_directory` shows it was delete).
+    let dir = socket.parent().unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while dir.exists() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{dir:?} left after the dead shim's delete"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_ok(&c.ctr(&["container", "rm", "g-dead"]), "container rm");
+    c.assert_clean(&["g-dead"]);
+}
+
+/// The `delete` action containerd runs after a shim died removes the
+/// monitoring socket directory the shim left in the bundle (run here by
+/// hand: under containerd the bundle goes right after, hiding who did it).
+#[test]
+fn delete_removes_a_dead_shims_monitoring_directory() {
+    let bundle = oomguard_integration::harness::instance_dir("dead-bundle");
+    let dir = bundle.join("gvisor-monitor");
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+    let _listener = std::os::unix::net::UnixListener::bind(dir.join("trace.sock")).unwrap();
+    std::fs::write(dir.join("pod-init.json"), "{}").unwrap();
+    let out = std::process::Command::new(
+        oomguard_integration::harness::shim_dir().join("containerd-shim-oomguard-v2"),
+    )
+    .args([
+        "-namespace",
+        "dead",
+        "-id",
+        "dead-shim-test",
+        "-address",
+        "/nonexistent",
+    ])
+    .arg("-bundle")
+    .arg(&bundle)
+    .arg("delete")
+    .output()
+    .unwrap();
+    assert_ok(&out, "delete");
+    assert!(!out.stdout.is_empty(), "a DeleteResponse on stdout");
+    assert!(!dir.exists(), "{dir:?} left by delete");
+    assert!(bundle.exists(), "the bundle itself is containerd's");
+    std::fs::remove_dir_all(&bundle).unwrap();
 }
 
 /// What CRI adds to every container and `ctr` does not: cgroupfs at

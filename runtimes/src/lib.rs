@@ -5,11 +5,16 @@
 //! [`reaper`], which is the only place processes are waited for.
 
 pub mod command;
+#[cfg(test)]
+mod fuzz_tests;
+#[cfg(any(test, feature = "fuzzing"))]
+pub mod fuzzing;
 pub mod gvisor;
 pub mod pidfd;
 pub mod reaper;
 pub mod runc;
 pub mod runsc;
+pub mod spec;
 
 use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
@@ -43,6 +48,8 @@ pub enum Error {
         id: String,
         message: String,
     },
+    #[error("{id}: {message}")]
+    Spec { id: String, message: String },
     #[error("{what}: {source}")]
     Io {
         what: String,

@@ -24,38 +24,17 @@ use crate::gvisor::monitor;
 use crate::gvisor::usage::{self, ContainerMemcg, ControlClient, UsageError};
 use crate::reaper::reaper;
 use crate::runc::Runc;
+use crate::spec::{self, PodRole};
 use crate::{
     ContainerState, CreateOptions, Error, ExecOptions, Exit, ExitReceiver, OciRuntime, OwnMemory,
     ProcessStdio, Result, WaitStatus,
 };
 
-/// The CRI annotations runsc reads to place a container in a pod.
-pub const CONTAINER_TYPE: &str = "io.kubernetes.cri.container-type";
-pub const SANDBOX_ID: &str = "io.kubernetes.cri.sandbox-id";
-
-/// Whether the spec at `bundle` describes a container that joins an
-/// existing sandbox (a CRI pod's application container).
-pub fn joins_sandbox(bundle: &Path) -> bool {
-    let Ok(bytes) = std::fs::read(bundle.join("config.json")) else {
-        return false;
-    };
-    let Ok(spec) = serde_json::from_slice::<serde_json::Value>(&bytes) else {
-        return false;
-    };
-    spec.pointer("/annotations")
-        .and_then(|a| a.get(CONTAINER_TYPE))
-        .and_then(|v| v.as_str())
-        == Some("container")
-}
-
-/// The sandbox a container belongs to, by the CRI annotation.
-fn sandbox_id(bundle: &Path) -> Option<String> {
-    let bytes = std::fs::read(bundle.join("config.json")).ok()?;
-    let spec = serde_json::from_slice::<serde_json::Value>(&bytes).ok()?;
-    spec.pointer("/annotations")?
-        .get(SANDBOX_ID)?
-        .as_str()
-        .map(str::to_string)
+/// A container's pod role from its bundle's spec (see [`crate::spec`]).
+fn pod_role(bundle: &Path) -> std::result::Result<PodRole, String> {
+    let path = bundle.join("config.json");
+    let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
+    spec::pod_role(&bytes).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 pub struct Runsc {
@@ -67,6 +46,8 @@ pub struct Runsc {
     /// The sandbox this container runs in (its own id for the root).
     sandbox: Option<String>,
     bundle: PathBuf,
+    /// Why the spec's pod annotations could not be read (Create fails).
+    bad_spec: Option<String>,
     /// A joining container's stdio, kept from Create for `runsc start`.
     held: Mutex<Option<ProcessStdio>>,
     /// `runsc wait` answers only for a started container.
@@ -91,14 +72,19 @@ impl Runsc {
     ) -> Self {
         let runc = Runc::new(binary.clone(), root.clone(), log, false)
             .with_global_args(global_args.clone());
+        let (role, bad_spec) = match pod_role(bundle) {
+            Ok(role) => (role, None),
+            Err(e) => (PodRole::default(), Some(e)),
+        };
         Runsc {
             runc,
             binary,
             root,
             global_args,
-            joins: joins_sandbox(bundle),
-            sandbox: sandbox_id(bundle),
+            joins: role.joins,
+            sandbox: role.sandbox,
             bundle: bundle.to_path_buf(),
+            bad_spec,
             held: Mutex::new(None),
             started: watch::channel(false).0,
             sandbox_pid: AtomicI32::new(0),
@@ -176,6 +162,12 @@ impl OciRuntime for Runsc {
         // runsc has no --no-pivot / --no-new-keyring.
         opts.no_pivot_root = false;
         opts.no_new_keyring = false;
+        if let Some(message) = &self.bad_spec {
+            return Err(crate::Error::Spec {
+                id: id.to_string(),
+                message: message.clone(),
+            });
+        }
         if self.joins {
             // Learn the release now: at Start the first usage sample should
             // not wait for `runsc --version`.
@@ -191,11 +183,16 @@ impl OciRuntime for Runsc {
             Ok(config) => {
                 let mut args = self.global_args.clone();
                 args.push(format!("--pod-init-config={}", config.display()));
-                self.runc
+                let created = self
+                    .runc
                     .clone()
                     .with_global_args(args)
                     .create(id, opts)
-                    .await
+                    .await;
+                if created.is_err() {
+                    monitor::close(&sandbox);
+                }
+                created
             }
             Err(e) => {
                 warn!("runsc id={id}: no gVisor monitoring stream ({e}); host signals only");
@@ -254,7 +251,7 @@ impl OciRuntime for Runsc {
     async fn delete(&self, id: &str, force: bool) -> Result<()> {
         let res = self.runc.delete(id, force).await;
         if !self.joins {
-            monitor::forget(self.sandbox.as_deref().unwrap_or(id));
+            monitor::close(self.sandbox.as_deref().unwrap_or(id));
         }
         res
     }
@@ -288,7 +285,8 @@ impl OciRuntime for Runsc {
         }
         let Some(sandbox) = self.sandbox.as_deref() else {
             return OwnMemory::Unavailable(format!(
-                "no {SANDBOX_ID} annotation names the container's sandbox"
+                "no {} annotation names the container's sandbox",
+                spec::SANDBOX_ID
             ));
         };
         let release = release_of(&self.binary).await;

@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use containerd_shim_protos::protobuf::well_known_types::any::Any;
-use containerd_shim_protos::protobuf::{CodedInputStream, Message};
+use containerd_shim_protos::protobuf::{CodedInputStream, Message, MessageFull};
 use containerd_shim_protos::shim::oci::Options as RuncOptions;
 use serde::{Deserialize, Serialize};
 
@@ -93,11 +93,13 @@ impl RuntimeConfig {
         let kind = any.type_url.rsplit('/').next().unwrap_or_default();
         match kind {
             RUNC_OPTIONS => {
-                let o =
-                    RuncOptions::parse_from_bytes(&any.value).map_err(|e| ConfigError::Decode {
-                        type_url: any.type_url.clone(),
-                        message: e.to_string(),
-                    })?;
+                let decode_err = |message: String| ConfigError::Decode {
+                    type_url: any.type_url.clone(),
+                    message,
+                };
+                let o = RuncOptions::parse_from_bytes(&any.value)
+                    .map_err(|e| decode_err(e.to_string()))?;
+                declared_fields_with_wrong_wire_type(&o).map_err(decode_err)?;
                 Ok(Self::from_runc_options(&o))
             }
             RUNTIME_OPTIONS => {
@@ -199,6 +201,38 @@ impl RuntimeConfig {
     }
 }
 
+/// The generated decoder files a declared field that came with another wire
+/// type among the unknown fields, so `BinaryName` sent as a number would
+/// silently read as empty (runc): an error names it instead.
+fn declared_fields_with_wrong_wire_type<M: MessageFull>(m: &M) -> Result<(), String> {
+    let descriptor = M::descriptor();
+    let mut wrong: Vec<(u32, String)> = m
+        .special_fields()
+        .unknown_fields()
+        .iter()
+        .filter_map(|(number, value)| {
+            descriptor
+                .fields()
+                .find(|f| f.number() as u32 == number)
+                .map(|f| {
+                    (
+                        number,
+                        format!(
+                            "{} (field {number}) has wire type {:?}",
+                            f.name(),
+                            value.wire_type()
+                        ),
+                    )
+                })
+        })
+        .collect();
+    wrong.sort();
+    match wrong.into_iter().next() {
+        Some((_, what)) => Err(format!("{what}, not its declared type")),
+        None => Ok(()),
+    }
+}
+
 fn toml_error(origin: &str, e: &toml::de::Error) -> ConfigError {
     let message = e.message().to_string();
     // serde names the offending key in the message ("unknown field `x`").
@@ -231,20 +265,43 @@ pub struct RuntimeOptions {
 
 impl RuntimeOptions {
     pub fn decode(bytes: &[u8]) -> Result<Self, String> {
+        use containerd_shim_protos::protobuf::rt::WireType;
         let mut o = RuntimeOptions::default();
         let mut is = CodedInputStream::from_bytes(bytes);
-        while !is.eof().map_err(|e| e.to_string())? {
-            let tag = is.read_raw_varint32().map_err(|e| e.to_string())?;
+        let names = ["type_url", "config_path", "config_body"];
+        loop {
+            let at = is.pos();
+            let Some(tag) = is
+                .read_raw_tag_or_eof()
+                .map_err(|e| format!("field tag at byte {at}: {e}"))?
+            else {
+                break;
+            };
             let (field, wire) = (tag >> 3, tag & 7);
-            match (field, wire) {
-                (1, 2) => o.type_url = is.read_string().map_err(|e| e.to_string())?,
-                (2, 2) => o.config_path = is.read_string().map_err(|e| e.to_string())?,
-                (3, 2) => o.config_body = is.read_string().map_err(|e| e.to_string())?,
-                (_, wire) => {
-                    let wire = containerd_shim_protos::protobuf::rt::WireType::new(wire)
-                        .ok_or_else(|| format!("field {field}: bad wire type {wire}"))?;
-                    is.skip_field(wire).map_err(|e| e.to_string())?;
+            let wire = WireType::new(wire)
+                .ok_or_else(|| format!("field {field}: undefined wire type {wire}"))?;
+            let target = match field {
+                1 => Some(&mut o.type_url),
+                2 => Some(&mut o.config_path),
+                3 => Some(&mut o.config_body),
+                _ => None,
+            };
+            match target {
+                Some(t) if wire == WireType::LengthDelimited => {
+                    *t = is.read_string().map_err(|e| {
+                        format!("{} (field {field}): {e}", names[field as usize - 1])
+                    })?
                 }
+                // A known string field as a number must not read as "".
+                Some(_) => {
+                    return Err(format!(
+                        "{} (field {field}) has wire type {wire:?}, not a string",
+                        names[field as usize - 1]
+                    ))
+                }
+                None => is
+                    .skip_field(wire)
+                    .map_err(|e| format!("field {field}: {e}"))?,
             }
         }
         Ok(o)
@@ -377,5 +434,36 @@ mod tests {
             RuntimeConfig::from_any(Some(&a)),
             Err(ConfigError::Decode { .. })
         ));
+    }
+
+    #[test]
+    fn options_fields_of_the_wrong_type_are_named() {
+        // BinaryName (field 6) as a varint.
+        let a = any("containerd.runc.v1.Options", vec![0x30, 0x01]);
+        let err = RuntimeConfig::from_any(Some(&a)).unwrap_err().to_string();
+        assert!(
+            err.contains("binary_name (field 6) has wire type Varint"),
+            "{err}"
+        );
+        // ConfigPath (field 2) as a varint.
+        let a = any("runtimeoptions.v1.Options", vec![0x10, 0x01]);
+        let err = RuntimeConfig::from_any(Some(&a)).unwrap_err().to_string();
+        assert!(
+            err.contains("config_path (field 2) has wire type Varint"),
+            "{err}"
+        );
+        // A truncated ConfigBody names the field.
+        let a = any("runtimeoptions.v1.Options", vec![0x1a, 0x05, b'x']);
+        let err = RuntimeConfig::from_any(Some(&a)).unwrap_err().to_string();
+        assert!(err.contains("config_body (field 3)"), "{err}");
+        // Unknown fields of any type are skipped.
+        let a = any(
+            "runtimeoptions.v1.Options",
+            vec![0x20, 0x01, 0x2d, 1, 2, 3, 4],
+        );
+        assert_eq!(
+            RuntimeConfig::from_any(Some(&a)).unwrap(),
+            RuntimeConfig::default()
+        );
     }
 }

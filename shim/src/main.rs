@@ -3,6 +3,8 @@
 
 mod config;
 mod events;
+#[cfg(test)]
+mod fuzz_tests;
 mod inflight;
 mod install;
 mod lifecycle;

@@ -22,9 +22,12 @@ pub fn collect(pid: i32) -> Result<Any, String> {
                 .map_err(|e| format!("/proc/{pid}/cgroup: {e}"))?;
             let mountinfo = std::fs::read_to_string("/proc/self/mountinfo")
                 .map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
-            let mounts = parse_mountinfo(&mountinfo);
-            let dir = |c: &str| v1_dir(&proc_cgroup, &mounts, c);
-            let m = v1_metrics(path, dir("cpuacct"), dir("cpu"), dir("pids"))?;
+            let mounts =
+                parse_mountinfo(&mountinfo).map_err(|e| format!("/proc/self/mountinfo: {e}"))?;
+            let dir = |c: &str| {
+                v1_dir(&proc_cgroup, &mounts, c).map_err(|e| format!("/proc/{pid}/cgroup: {e}"))
+            };
+            let m = v1_metrics(path, dir("cpuacct")?, dir("cpu")?, dir("pids")?)?;
             any.type_url = "io.containerd.cgroups.v1.Metrics".to_string();
             any.value = m.write_to_bytes().map_err(|e| e.to_string())?;
         }
@@ -73,24 +76,69 @@ pub fn with_own_memory(any: Any, usage: u64, limit: Option<u64>) -> Result<Any, 
     Ok(out)
 }
 
-fn read_u64(path: &Path) -> Option<u64> {
-    std::fs::read_to_string(path).ok()?.trim().parse().ok()
+/// A cgroup file's text; `None` when the file does not exist (a
+/// controller or feature this kernel or hierarchy lacks).
+fn read_text(path: &Path) -> Result<Option<String>, String> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(Some(t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(format!("{}: {e}", path.display())),
+    }
 }
 
-/// `key value` lines (memory.stat, cpu.stat) as pairs.
-fn flat_keyed(path: &Path) -> Vec<(String, u64)> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    key_values(&text).map(|(k, v)| (k.to_string(), v)).collect()
+/// A single-number cgroup file (`memory.usage_in_bytes`, `pids.current`);
+/// `max` (no limit) reads as `unlimited`.
+pub fn parse_single(text: &str, unlimited: u64) -> Result<u64, String> {
+    match text.trim() {
+        "max" => Ok(unlimited),
+        v => v
+            .parse()
+            .map_err(|_| format!("{:?} is not a number", crate::oom::memcg::excerpt(v))),
+    }
 }
 
-fn v1_entry(dir: &Path, prefix: &str) -> v1::MemoryEntry {
+/// A missing file reads as `missing`; a malformed one is an error.
+fn read_u64(path: &Path, missing: u64, unlimited: u64) -> Result<u64, String> {
+    match read_text(path)? {
+        None => Ok(missing),
+        Some(t) => parse_single(&t, unlimited).map_err(|e| format!("{}: {e}", path.display())),
+    }
+}
+
+/// `key value` lines (memory.stat, cpu.stat) as pairs; none if missing.
+fn flat_keyed(path: &Path) -> Result<Vec<(String, u64)>, String> {
+    let Some(text) = read_text(path)? else {
+        return Ok(Vec::new());
+    };
+    key_values(&text)
+        .map(|kv| kv.into_iter().map(|(k, v)| (k.to_string(), v)).collect())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// `cpuacct.usage_percpu`: numbers separated by blanks.
+pub fn parse_numbers(text: &str) -> Result<Vec<u64>, String> {
+    text.split_ascii_whitespace()
+        .enumerate()
+        .map(|(i, v)| {
+            v.parse().map_err(|_| {
+                format!(
+                    "value {} ({:?}) is not a number",
+                    i + 1,
+                    crate::oom::memcg::excerpt(v)
+                )
+            })
+        })
+        .collect()
+}
+
+fn v1_entry(dir: &Path, prefix: &str) -> Result<v1::MemoryEntry, String> {
     let mut e = v1::MemoryEntry::new();
-    let f = |name: &str| read_u64(&dir.join(format!("{prefix}{name}"))).unwrap_or(0);
-    e.usage = f("usage_in_bytes");
-    e.limit = f("limit_in_bytes");
-    e.max = f("max_usage_in_bytes");
-    e.failcnt = f("failcnt");
-    e
+    let f = |name: &str| read_u64(&dir.join(format!("{prefix}{name}")), 0, u64::MAX);
+    e.usage = f("usage_in_bytes")?;
+    e.limit = f("limit_in_bytes")?;
+    e.max = f("max_usage_in_bytes")?;
+    e.failcnt = f("failcnt")?;
+    Ok(e)
 }
 
 fn v1_metrics(
@@ -101,7 +149,7 @@ fn v1_metrics(
 ) -> Result<v1::Metrics, String> {
     let mut m = v1::Metrics::new();
     let mut mem = v1::MemoryStat::new();
-    for (k, v) in flat_keyed(&memcg.join("memory.stat")) {
+    for (k, v) in flat_keyed(&memcg.join("memory.stat"))? {
         match k.as_str() {
             "cache" => mem.cache = v,
             "rss" => mem.rss = v,
@@ -138,19 +186,20 @@ fn v1_metrics(
             _ => {}
         }
     }
-    let usage = v1_entry(memcg, "memory.");
+    let usage = v1_entry(memcg, "memory.")?;
     if usage.limit == 0 && usage.usage == 0 && !memcg.exists() {
         return Err(format!("{}: memory cgroup is gone", memcg.display()));
     }
     mem.usage = MessageField::some(usage);
-    mem.swap = MessageField::some(v1_entry(memcg, "memory.memsw."));
-    mem.kernel = MessageField::some(v1_entry(memcg, "memory.kmem."));
-    mem.kernel_tcp = MessageField::some(v1_entry(memcg, "memory.kmem.tcp."));
+    mem.swap = MessageField::some(v1_entry(memcg, "memory.memsw.")?);
+    mem.kernel = MessageField::some(v1_entry(memcg, "memory.kmem.")?);
+    mem.kernel_tcp = MessageField::some(v1_entry(memcg, "memory.kmem.tcp.")?);
     m.memory = MessageField::some(mem);
 
     let text = std::fs::read_to_string(memcg.join("memory.oom_control"))
         .map_err(|e| format!("{}/memory.oom_control: {e}", memcg.display()))?;
-    let c = parse_oom_control(&text);
+    let c = parse_oom_control(&text)
+        .map_err(|e| format!("{}/memory.oom_control: {e}", memcg.display()))?;
     let mut oc = v1::MemoryOomControl::new();
     oc.oom_kill_disable = c.oom_kill_disable;
     oc.under_oom = c.under_oom;
@@ -160,17 +209,15 @@ fn v1_metrics(
     let mut cpu_stat = v1::CPUStat::new();
     let mut usage = v1::CPUUsage::new();
     if let Some(dir) = &cpuacct {
-        usage.total = read_u64(&dir.join("cpuacct.usage")).unwrap_or(0);
-        usage.per_cpu = std::fs::read_to_string(dir.join("cpuacct.usage_percpu"))
-            .unwrap_or_default()
-            .split_whitespace()
-            .filter_map(|v| v.parse().ok())
-            .collect();
+        usage.total = read_u64(&dir.join("cpuacct.usage"), 0, u64::MAX)?;
+        let percpu = dir.join("cpuacct.usage_percpu");
+        usage.per_cpu = parse_numbers(&read_text(&percpu)?.unwrap_or_default())
+            .map_err(|e| format!("{}: {e}", percpu.display()))?;
         // cpuacct.stat is in USER_HZ ticks; containerd reports nanoseconds.
-        for (k, v) in flat_keyed(&dir.join("cpuacct.stat")) {
+        for (k, v) in flat_keyed(&dir.join("cpuacct.stat"))? {
             match k.as_str() {
-                "user" => usage.user = v * 10_000_000,
-                "system" => usage.kernel = v * 10_000_000,
+                "user" => usage.user = v.saturating_mul(10_000_000),
+                "system" => usage.kernel = v.saturating_mul(10_000_000),
                 _ => {}
             }
         }
@@ -178,7 +225,7 @@ fn v1_metrics(
     cpu_stat.usage = MessageField::some(usage);
     if let Some(dir) = &cpu {
         let mut t = v1::Throttle::new();
-        for (k, v) in flat_keyed(&dir.join("cpu.stat")) {
+        for (k, v) in flat_keyed(&dir.join("cpu.stat"))? {
             match k.as_str() {
                 "nr_periods" => t.periods = v,
                 "nr_throttled" => t.throttled_periods = v,
@@ -192,9 +239,9 @@ fn v1_metrics(
 
     if let Some(dir) = &pids {
         let mut p = v1::PidsStat::new();
-        p.current = read_u64(&dir.join("pids.current")).unwrap_or(0);
+        p.current = read_u64(&dir.join("pids.current"), 0, 0)?;
         // "max" (no limit) reads as 0, as containerd reports it.
-        p.limit = read_u64(&dir.join("pids.max")).unwrap_or(0);
+        p.limit = read_u64(&dir.join("pids.max"), 0, 0)?;
         m.pids = MessageField::some(p);
     }
     Ok(m)
@@ -203,12 +250,12 @@ fn v1_metrics(
 fn v2_metrics(dir: &Path) -> Result<v2::Metrics, String> {
     let mut m = v2::Metrics::new();
     let mut mem = v2::MemoryStat::new();
-    mem.usage = read_u64(&dir.join("memory.current")).unwrap_or(0);
-    mem.usage_limit = read_u64(&dir.join("memory.max")).unwrap_or(u64::MAX);
-    mem.swap_usage = read_u64(&dir.join("memory.swap.current")).unwrap_or(0);
-    if let Ok(stat) = std::fs::read_to_string(dir.join("memory.stat")) {
-        for (k, v) in key_values(&stat) {
-            match k {
+    mem.usage = read_u64(&dir.join("memory.current"), 0, u64::MAX)?;
+    mem.usage_limit = read_u64(&dir.join("memory.max"), u64::MAX, u64::MAX)?;
+    mem.swap_usage = read_u64(&dir.join("memory.swap.current"), 0, u64::MAX)?;
+    {
+        for (k, v) in flat_keyed(&dir.join("memory.stat"))? {
+            match k.as_str() {
                 "anon" => mem.anon = v,
                 "file" => mem.file = v,
                 "kernel_stack" => mem.kernel_stack = v,
@@ -230,7 +277,8 @@ fn v2_metrics(dir: &Path) -> Result<v2::Metrics, String> {
     m.memory = MessageField::some(mem);
     let text = std::fs::read_to_string(dir.join("memory.events"))
         .map_err(|e| format!("{}/memory.events: {e}", dir.display()))?;
-    let e = parse_memory_events(&text);
+    let e =
+        parse_memory_events(&text).map_err(|e| format!("{}/memory.events: {e}", dir.display()))?;
     let mut ev = v2::MemoryEvents::new();
     ev.low = e.low;
     ev.high = e.high;
@@ -239,13 +287,14 @@ fn v2_metrics(dir: &Path) -> Result<v2::Metrics, String> {
     ev.oom_kill = e.oom_kill;
     m.memory_events = MessageField::some(ev);
     let mut pids = v2::PidsStat::new();
-    pids.current = read_u64(&dir.join("pids.current")).unwrap_or(0);
-    pids.limit = read_u64(&dir.join("pids.max")).unwrap_or(0);
+    pids.current = read_u64(&dir.join("pids.current"), 0, 0)?;
+    pids.limit = read_u64(&dir.join("pids.max"), 0, 0)?;
     m.pids = MessageField::some(pids);
-    if let Ok(stat) = std::fs::read_to_string(dir.join("cpu.stat")) {
+    let cpu_stat = dir.join("cpu.stat");
+    if cpu_stat.exists() {
         let mut cpu = v2::CPUStat::new();
-        for (k, v) in key_values(&stat) {
-            match k {
+        for (k, v) in flat_keyed(&cpu_stat)? {
+            match k.as_str() {
                 "usage_usec" => cpu.usage_usec = v,
                 "user_usec" => cpu.user_usec = v,
                 "system_usec" => cpu.system_usec = v,
@@ -312,5 +361,19 @@ mod tests {
                 assert!(m.memory_events.is_some());
             }
         }
+    }
+
+    #[test]
+    fn single_values_and_lists() {
+        assert_eq!(parse_single("123\n", 0), Ok(123));
+        assert_eq!(parse_single("max\n", 7), Ok(7));
+        assert!(parse_single("12k", 0)
+            .unwrap_err()
+            .contains("\"12k\" is not a number"));
+        assert!(parse_single("", 0).is_err());
+        assert_eq!(parse_numbers("1 2  3\n"), Ok(vec![1, 2, 3]));
+        assert_eq!(parse_numbers(""), Ok(vec![]));
+        let err = parse_numbers("1 x 3").unwrap_err();
+        assert!(err.contains("value 2 (\"x\")"), "{err}");
     }
 }

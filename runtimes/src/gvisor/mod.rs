@@ -3,11 +3,15 @@
 //!
 //! [`trace`] decodes the wire format (pure, no I/O); [`listener`] is a tokio
 //! `SOCK_SEQPACKET` listener that accepts the sandbox's connection, answers
-//! the handshake and yields decoded points until EOF. Protocol facts and what
-//! was measured with real runsc 20221219 and 20240729 are in `NOTES.md`.
+//! the handshake and yields decoded points until EOF; [`socket_dir`] is the
+//! private directory the socket lives in and [`peer`] who may connect.
+//! Protocol facts and what was measured with real runsc 20221219 and
+//! 20240729 are in `NOTES.md`.
 
 pub mod listener;
 pub mod monitor;
+pub mod peer;
+pub mod socket_dir;
 pub mod trace;
 pub mod usage;
 

@@ -55,6 +55,10 @@ pub fn run(flags: &Flags) -> Result<(), String> {
         eprintln!("delete {}: {e}", flags.id);
     }
     remove_dead_socket(&bundle, &flags.id);
+    // A gVisor sandbox's monitoring socket directory, left by the dead shim.
+    if let Err(e) = oomguard_runtimes::gvisor::monitor::remove_leftovers(&bundle) {
+        eprintln!("delete {}: monitoring socket directory: {e}", flags.id);
+    }
     let mut resp = DeleteResponse::new();
     resp.exit_status = 128 + libc::SIGKILL as u32;
     resp.exited_at = MessageField::some(crate::events::now());

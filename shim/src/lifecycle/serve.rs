@@ -112,6 +112,7 @@ async fn serve(flags: &Flags, ttrpc_address: String) -> Result<(), String> {
     if let Some(path) = flags.socket.strip_prefix("unix://") {
         let _ = std::fs::remove_file(path);
     }
+    oomguard_runtimes::gvisor::monitor::close_all();
     info!("shim exiting");
     Ok(())
 }

@@ -15,22 +15,12 @@ use containerd_shim_protos::protobuf::Message;
 use super::LISTENER_FD;
 use crate::config::RuntimeConfig;
 
-/// Containers of one Kubernetes pod share a shim (and, under gVisor, a
-/// sandbox): the CRI names the pod's sandbox in this annotation.
-pub const SANDBOX_ID_ANNOTATION: &str = "io.kubernetes.cri.sandbox-id";
-
-/// The id whose shim serves this container: its pod sandbox's, else its own.
-pub fn grouping_id(spec_json: &[u8], id: &str) -> String {
-    serde_json::from_slice::<serde_json::Value>(spec_json)
-        .ok()
-        .and_then(|v| {
-            v.get("annotations")?
-                .get(SANDBOX_ID_ANNOTATION)?
-                .as_str()
-                .map(str::to_string)
-        })
-        .filter(|s| !s.is_empty())
-        .unwrap_or_else(|| id.to_string())
+/// The id whose shim serves this container: its pod sandbox's (CRI
+/// annotation `io.kubernetes.cri.sandbox-id`: containers of one Kubernetes
+/// pod share a shim and, under gVisor, a sandbox), else its own.
+pub fn grouping_id(spec_json: &[u8], id: &str) -> Result<String, String> {
+    let role = oomguard_runtimes::spec::pod_role(spec_json)?;
+    Ok(role.sandbox.unwrap_or_else(|| id.to_string()))
 }
 
 pub fn run(flags: &Flags) -> Result<(), String> {
@@ -38,8 +28,11 @@ pub fn run(flags: &Flags) -> Result<(), String> {
     // containerd writes the runtime options to stdin; they may be absent.
     let _ = std::io::stdin().read_to_end(&mut options);
     let bundle = std::env::current_dir().map_err(|e| format!("start: current dir: {e}"))?;
-    let spec = std::fs::read(bundle.join("config.json")).unwrap_or_default();
-    let grouping = grouping_id(&spec, &flags.id);
+    let spec_path = bundle.join("config.json");
+    let spec =
+        std::fs::read(&spec_path).map_err(|e| format!("start: {}: {e}", spec_path.display()))?;
+    let grouping = grouping_id(&spec, &flags.id)
+        .map_err(|e| format!("start: {}: {e}", spec_path.display()))?;
     let address = containerd_shim::socket_address(&flags.address, &flags.namespace, &grouping);
     let path = address
         .strip_prefix("unix://")
@@ -145,8 +138,12 @@ mod tests {
     #[test]
     fn pods_share_the_sandbox_shim() {
         let spec = br#"{"ociVersion":"1.1.0","annotations":{"io.kubernetes.cri.container-type":"container","io.kubernetes.cri.sandbox-id":"abc123"}}"#;
-        assert_eq!(grouping_id(spec, "c1"), "abc123");
-        assert_eq!(grouping_id(br#"{"ociVersion":"1.1.0"}"#, "c1"), "c1");
-        assert_eq!(grouping_id(b"not json", "c1"), "c1");
+        assert_eq!(grouping_id(spec, "c1").unwrap(), "abc123");
+        assert_eq!(
+            grouping_id(br#"{"ociVersion":"1.1.0"}"#, "c1").unwrap(),
+            "c1"
+        );
+        let err = grouping_id(b"not json", "c1").unwrap_err();
+        assert!(err.contains("not JSON"), "{err}");
     }
 }

@@ -55,35 +55,112 @@ pub enum Record {
     },
 }
 
+/// A kernel log record that is about an OOM kill but could not be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("malformed OOM record ({reason}): {excerpt:?}")]
+pub struct MalformedRecord {
+    /// What was wrong, naming the field.
+    pub reason: String,
+    /// The start of the record's message.
+    pub excerpt: String,
+}
+
+/// The longest record text an error quotes.
+const EXCERPT: usize = 160;
+
 /// Parses one `/dev/kmsg` record ("PRI,SEQ,TS,FLAGS;MESSAGE" plus optional
-/// continuation lines). `None` for records about anything else, or ones too
-/// malformed to trust.
-pub fn parse_record(record: &str) -> Option<Record> {
-    let message = record.split_once(';').map(|(_, m)| m).unwrap_or(record);
-    let message = message.lines().next()?.trim_end();
-    if let Some(rest) = message.strip_prefix("oom-kill:") {
-        return parse_oom_kill(rest).map(Record::OomKill);
+/// continuation lines). `Ok(None)`: not about an OOM kill (almost every
+/// record), or written by userspace: `/dev/kmsg` gives every userspace
+/// record a non-zero facility precisely so it can be told from the
+/// kernel's, so a forged "Killed process" line is ignored. `Err`: a kernel
+/// record that looks like an OOM kill but is malformed, with the reason.
+pub fn parse_record(record: &str) -> Result<Option<Record>, MalformedRecord> {
+    let (prefix, message) = match record.split_once(';') {
+        Some((prefix, message)) => (Some(prefix), message),
+        None => (None, record),
+    };
+    let message = message.lines().next().unwrap_or_default().trim_end();
+    let oom_kill = message.strip_prefix("oom-kill:");
+    let killed = message.find("Killed process ");
+    if oom_kill.is_none() && killed.is_none() {
+        return Ok(None);
     }
-    let idx = message.find("Killed process ")?;
-    let rest = &message[idx + "Killed process ".len()..];
-    let (pid, rest) = rest.split_once(' ')?;
-    let pid: i32 = pid.parse().ok().filter(|p| *p > 0)?;
-    let rest = rest.strip_prefix('(')?;
+    let malformed = |reason: String| MalformedRecord {
+        reason,
+        excerpt: message.chars().take(EXCERPT).collect(),
+    };
+    match prefix.map(facility) {
+        Some(Ok(0)) => {}
+        Some(Ok(_)) => return Ok(None),
+        Some(Err(reason)) => return Err(malformed(reason)),
+        None => return Err(malformed("no PRI,SEQ,TS,FLAGS; prefix".to_string())),
+    }
+    if let Some(fields) = oom_kill {
+        return parse_oom_kill(fields)
+            .map(|v| Some(Record::OomKill(v)))
+            .map_err(malformed);
+    }
+    let rest = killed
+        .and_then(|idx| message.get(idx + "Killed process ".len()..))
+        .unwrap_or_default();
+    parse_killed(rest).map(Some).map_err(malformed)
+}
+
+/// The syslog facility of a record prefix "PRI,SEQ,TS,FLAGS".
+fn facility(prefix: &str) -> Result<u32, String> {
+    let mut fields = prefix.split(',');
+    let pri = fields.next().unwrap_or_default();
+    let pri: u32 = pri
+        .parse()
+        .map_err(|_| format!("record priority {pri:?} is not a number"))?;
+    if fields.count() < 3 {
+        return Err(format!("record prefix {prefix:?} is not PRI,SEQ,TS,FLAGS"));
+    }
+    Ok(pri >> 3)
+}
+
+/// `PID (COMM) total-vm:..., anon-rss:NkB, ...` after "Killed process ".
+fn parse_killed(rest: &str) -> Result<Record, String> {
+    let (pid, rest) = rest
+        .split_once(' ')
+        .ok_or_else(|| "Killed process: nothing after the pid".to_string())?;
+    let pid = positive_pid(pid).map_err(|e| format!("Killed process: {e}"))?;
+    let rest = rest
+        .strip_prefix('(')
+        .ok_or_else(|| "Killed process: no '(' opening the command".to_string())?;
     // The command may itself contain ") ": the last ") total-vm" ends it.
-    let end = rest.rfind(") total-vm").or_else(|| rest.rfind(')'))?;
+    let end = rest
+        .rfind(") total-vm")
+        .or_else(|| rest.rfind(')'))
+        .ok_or_else(|| "Killed process: no ')' closing the command".to_string())?;
     let comm = rest[..end].to_string();
-    let anon_rss_kb = rest[end..]
+    let anon_rss_kb = match rest[end..]
         .split(", ")
         .find_map(|f| f.trim().strip_prefix("anon-rss:"))
-        .and_then(|v| v.trim_end_matches("kB").parse().ok());
-    Some(Record::Killed {
+    {
+        // Kernels before 4.x did not print it.
+        None => None,
+        Some(v) => Some(
+            v.strip_suffix("kB")
+                .and_then(|n| n.parse().ok())
+                .ok_or_else(|| format!("Killed process: anon-rss {v:?} is not a number of kB"))?,
+        ),
+    };
+    Ok(Record::Killed {
         pid,
         comm,
         anon_rss_kb,
     })
 }
 
-fn parse_oom_kill(fields: &str) -> Option<Victim> {
+fn positive_pid(text: &str) -> Result<i32, String> {
+    text.parse::<i32>()
+        .ok()
+        .filter(|p| *p > 0)
+        .ok_or_else(|| format!("pid {text:?} is not a positive number"))
+}
+
+fn parse_oom_kill(fields: &str) -> Result<Victim, String> {
     let mut v = Victim::default();
     let mut pid = None;
     let mut task_memcg = None;
@@ -95,13 +172,17 @@ fn parse_oom_kill(fields: &str) -> Option<Victim> {
             "oom_memcg" => v.oom_memcg = Some(val.to_string()),
             "task_memcg" => task_memcg = Some(val.to_string()),
             "task" => v.comm = val.to_string(),
-            "pid" => pid = val.parse().ok().filter(|p: &i32| *p > 0),
+            "pid" => pid = Some(positive_pid(val).map_err(|e| format!("oom-kill: {e}"))?),
             _ => {}
         }
     }
-    v.pid = pid?;
-    v.task_memcg = task_memcg?;
-    Some(v)
+    v.pid = pid.ok_or_else(|| "oom-kill: no pid= field".to_string())?;
+    let task_memcg = task_memcg.ok_or_else(|| "oom-kill: no task_memcg= field".to_string())?;
+    if !task_memcg.starts_with('/') {
+        return Err(format!("oom-kill: task_memcg {task_memcg:?} is not a path"));
+    }
+    v.task_memcg = task_memcg;
+    Ok(v)
 }
 
 /// Merges records into complete victims: the `oom-kill:` record comes first
@@ -112,6 +193,12 @@ pub struct Assembler {
 }
 
 impl Assembler {
+    /// Records waiting for their second half (bounded; for tests).
+    #[cfg(test)]
+    pub fn pending(&self) -> usize {
+        self.pending.len()
+    }
+
     pub fn push(&mut self, record: Record) -> Option<Victim> {
         match record {
             Record::OomKill(v) => {
@@ -221,7 +308,13 @@ fn drain_ready(log: &KernelLog) {
             Ok(0) => return,
             Ok(n) => {
                 let text = String::from_utf8_lossy(&buf[..n]);
-                if let Some(record) = parse_record(&text) {
+                let record = parse_record(&text).unwrap_or_else(|e| {
+                    // Only kernel records that look like OOM kills get here:
+                    // rare, and read once by this one reader for all watches.
+                    warn!("kmsg: {e}; record ignored");
+                    None
+                });
+                if let Some(record) = record {
                     let mut asm = log.assembler.lock().unwrap_or_else(|p| p.into_inner());
                     if let Some(victim) = asm.push(record) {
                         // Most victims belong to other shims' containers; only
@@ -256,11 +349,19 @@ mod tests {
     const GLOBAL: &str = "6,900,1,-;oom-kill:constraint=CONSTRAINT_NONE,nodemask=(null),cpuset=/,mems_allowed=0,global_oom,task_memcg=/default/big,task=python3,pid=4242,uid=0";
     const GLOBAL_KILLED: &str = "3,901,2,-;Out of memory: Killed process 4242 (python3) total-vm:9999kB, anon-rss:8000kB, file-rss:0kB, shmem-rss:0kB, UID:0 pgtables:40kB oom_score_adj:0";
 
+    fn record(text: &str) -> Record {
+        parse_record(text).unwrap().unwrap()
+    }
+
+    fn malformed(text: &str) -> String {
+        parse_record(text).unwrap_err().to_string()
+    }
+
     #[test]
     fn memcg_oom_records() {
         let mut asm = Assembler::default();
-        assert_eq!(asm.push(parse_record(OOM_KILL).unwrap()), None);
-        let v = asm.push(parse_record(KILLED).unwrap()).unwrap();
+        assert_eq!(asm.push(record(OOM_KILL)), None);
+        let v = asm.push(record(KILLED)).unwrap();
         assert_eq!(v.pid, 11227);
         assert_eq!(v.comm, "dd");
         assert_eq!(v.task_memcg, "/default/t2");
@@ -275,8 +376,8 @@ mod tests {
     #[test]
     fn global_oom_records() {
         let mut asm = Assembler::default();
-        asm.push(parse_record(GLOBAL).unwrap());
-        let v = asm.push(parse_record(GLOBAL_KILLED).unwrap()).unwrap();
+        asm.push(record(GLOBAL));
+        let v = asm.push(record(GLOBAL_KILLED)).unwrap();
         assert!(v.is_global());
         assert_eq!(
             (v.pid, v.comm.as_str(), v.anon_rss_kb),
@@ -286,22 +387,75 @@ mod tests {
     }
 
     #[test]
-    fn odd_and_malformed_lines() {
-        assert_eq!(parse_record("6,1,1,-;eth0: link up"), None);
-        assert_eq!(parse_record("garbage without semicolon"), None);
+    fn irrelevant_and_forged_records() {
+        assert_eq!(parse_record("6,1,1,-;eth0: link up"), Ok(None));
+        assert_eq!(parse_record("garbage without semicolon"), Ok(None));
+        assert_eq!(parse_record(""), Ok(None));
+        // The oom reaper's line after a kill is not a victim record.
         assert_eq!(
-            parse_record("3,1,1,-;Killed process notapid (x) total-vm:1kB"),
-            None
+            parse_record("6,476,799428600,-;oom_reaper: reaped process 11227 (dd), now anon-rss:0kB, file-rss:0kB, shmem-rss:0kB"),
+            Ok(None)
         );
-        assert_eq!(parse_record("3,1,1,-;Killed process 12"), None);
-        assert_eq!(
-            parse_record("6,1,1,-;oom-kill:constraint=X,task_memcg=/a"),
-            None,
-            "no pid"
-        );
-        assert_eq!(parse_record("6,1,1,-;oom-kill:pid=-3,task_memcg=/a"), None);
+        // `echo '...' > /dev/kmsg`: userspace records get facility user (1)
+        // or whatever they ask for but never 0; PRI 14 = user.info.
+        let forged = OOM_KILL.replacen("6,", "14,", 1);
+        assert_eq!(parse_record(&forged), Ok(None));
+        let forged = KILLED.replacen("3,", "11,", 1);
+        assert_eq!(parse_record(&forged), Ok(None));
+    }
+
+    #[test]
+    fn malformed_oom_records_name_the_field() {
+        let cases = [
+            (
+                "3,1,1,-;Killed process notapid (x) total-vm:1kB",
+                "pid \"notapid\"",
+            ),
+            ("3,1,1,-;Killed process 12", "nothing after the pid"),
+            (
+                "3,1,1,-;Killed process 12 x) total-vm:1kB",
+                "no '(' opening",
+            ),
+            (
+                "3,1,1,-;Killed process 12 (x total-vm:1kB",
+                "no ')' closing",
+            ),
+            (
+                "3,1,1,-;Killed process 12 (x) total-vm:1kB, anon-rss:lots",
+                "anon-rss \"lots\"",
+            ),
+            (
+                "6,1,1,-;oom-kill:constraint=X,task_memcg=/a",
+                "no pid= field",
+            ),
+            ("6,1,1,-;oom-kill:pid=-3,task_memcg=/a", "pid \"-3\""),
+            (
+                "6,1,1,-;oom-kill:pid=99999999999,task_memcg=/a",
+                "pid \"99999999999\"",
+            ),
+            ("6,1,1,-;oom-kill:pid=3", "no task_memcg= field"),
+            (
+                "6,1,1,-;oom-kill:pid=3,task_memcg=a",
+                "task_memcg \"a\" is not a path",
+            ),
+            ("x,1,1,-;oom-kill:pid=3,task_memcg=/a", "priority \"x\""),
+            ("6;oom-kill:pid=3,task_memcg=/a", "not PRI,SEQ,TS,FLAGS"),
+            (
+                "oom-kill:pid=3,task_memcg=/a",
+                "no PRI,SEQ,TS,FLAGS; prefix",
+            ),
+        ];
+        for (text, want) in cases {
+            let got = malformed(text);
+            assert!(got.contains(want), "{text}: {got}");
+            assert!(got.starts_with("malformed OOM record ("), "{got}");
+        }
+    }
+
+    #[test]
+    fn odd_but_valid_records() {
         // A command with parentheses and spaces.
-        let r = parse_record("3,1,1,-;Memory cgroup out of memory: Killed process 7 (my (odd) cmd) total-vm:1kB, anon-rss:5kB, file-rss:0kB").unwrap();
+        let r = record("3,1,1,-;Memory cgroup out of memory: Killed process 7 (my (odd) cmd) total-vm:1kB, anon-rss:5kB, file-rss:0kB");
         assert_eq!(
             r,
             Record::Killed {
@@ -310,13 +464,22 @@ mod tests {
                 anon_rss_kb: Some(5)
             }
         );
+        // Old kernels: no anon-rss.
+        let r = record("3,1,1,-;Killed process 7 (x) total-vm:1kB");
+        assert!(matches!(
+            r,
+            Record::Killed {
+                anon_rss_kb: None,
+                ..
+            }
+        ));
         // A Killed record without its oom-kill record yields nothing.
         let mut asm = Assembler::default();
-        assert_eq!(asm.push(parse_record(KILLED).unwrap()), None);
-        // Multi-byte text does not break the parser.
-        assert_eq!(
-            parse_record("6,1,1,-;oom-kill:task=é,pid=1,task_memcg=/ü").map(|_| ()),
-            Some(())
-        );
+        assert_eq!(asm.push(record(KILLED)), None);
+        // Multi-byte text and continuation lines do not break the parser.
+        assert!(matches!(
+            record("6,1,1,-;oom-kill:task=é,pid=1,task_memcg=/ü\n SUBSYSTEM=x"),
+            Record::OomKill(_)
+        ));
     }
 }

@@ -108,6 +108,15 @@ impl Container {
             ))
         })?;
 
+        // Checked before anything is created: a bad value fails Create clean.
+        let spec = std::fs::read(bundle.join("config.json"))
+            .ok()
+            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
+            .unwrap_or_default();
+        let oom_group = oom_group_for(&spec, req.config.oom_group)
+            .map_err(|e| rpc::invalid(format!("bundle {}: config.json: {e}", bundle.display())))?;
+        let kill_all_on_exit = kills_all_on_exit(&spec);
+
         let rootfs_mounted = !req.rootfs.is_empty();
         rootfs::mount(req.rootfs, &bundle.join("rootfs"))
             .map_err(|e| rpc::internal(format!("rootfs: {e}")))?;
@@ -133,12 +142,6 @@ impl Container {
                 return Err(e);
             }
         };
-        let spec = std::fs::read(bundle.join("config.json"))
-            .ok()
-            .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
-            .unwrap_or_default();
-        let oom_group = oom_group_for(&spec, req.config.oom_group);
-        let kill_all_on_exit = kills_all_on_exit(&spec);
         let oom = OomWatch::start(
             req.id,
             init.pid(),
