@@ -376,6 +376,29 @@ fn runsc_lifecycle(version: &str) {
         (r.exit_code, String::from_utf8_lossy(&r.stdout).to_string()),
         (4, "in-gvisor\n".to_string())
     );
+    // An ExecSync past its timeout (a Kubernetes exec probe): CRI kills the
+    // exec, which must reach the process inside the sandbox.
+    let started = Instant::now();
+    let r = c.call(
+        "ExecSync (timeout)",
+        c.runtime_client().exec_sync(k8s_cri::v1::ExecSyncRequest {
+            container_id: svc.clone(),
+            cmd: vec!["sleep".into(), "37".into()],
+            timeout: 2,
+        }),
+    );
+    assert!(r.is_err(), "ExecSync past its timeout: {r:?}");
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "{:?}",
+        started.elapsed()
+    );
+    let ps = c.exec_sync(&svc, &["ps", "-o", "args"], 10);
+    let ps = String::from_utf8_lossy(&ps.stdout).to_string();
+    assert!(
+        !ps.lines().any(|l| l.trim() == "sleep 37"),
+        "exec left running: {ps}"
+    );
     c.remove_pod(&pod);
     c.assert_clean();
 }

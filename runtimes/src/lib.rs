@@ -183,6 +183,14 @@ pub trait OciRuntime: Send + Sync {
         reaper::reaper().watch(pid)
     }
 
+    /// Signals an exec process the way the runtime reaches it, where the
+    /// host pid (the exec's `pid_file`) is not the process itself; `None`
+    /// means "signal the host pid". (runsc: the host pid is `runsc exec`,
+    /// and SIGKILL to it does not reach the process in the sandbox.)
+    async fn kill_exec(&self, _id: &str, _pid_file: &Path, _signal: u32) -> Option<Result<()>> {
+        None
+    }
+
     /// Whether the container's processes are host processes (runc), which
     /// the shim can see in the container's cgroup, or live inside a sandbox
     /// kernel (gVisor), where only the runtime can reach them.

@@ -1,5 +1,6 @@
 //! The runc command line, which runsc also speaks (with global flags of its own).
 
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -134,6 +135,34 @@ impl Runc {
             stderr: stdio.stderr,
         }
     }
+    /// `exec --detach` with flags of the runtime's own (`extra`).
+    pub async fn exec_with(&self, id: &str, opts: ExecOptions<'_>, extra: &[&OsStr]) -> Result<()> {
+        let mut cmd = self.command("exec");
+        cmd.args(extra);
+        cmd.arg("--detach")
+            .arg("--process")
+            .arg(opts.process_file)
+            .arg("--pid-file")
+            .arg(opts.pid_file);
+        if let Some(sock) = opts.console_socket {
+            cmd.arg("--console-socket").arg(sock);
+        }
+        cmd.arg(id);
+        self.run("exec", id, cmd, Self::stdio_streams(opts.stdio))
+            .await
+            .map(drop)
+    }
+
+    /// `kill --pid PID ID SIGNAL`: one process of a container, by the pid
+    /// the runtime knows it by (runsc: inside the sandbox).
+    pub async fn kill_pid(&self, id: &str, pid: i32, signal: u32) -> Result<()> {
+        let mut cmd = self.command("kill");
+        cmd.arg("--pid")
+            .arg(pid.to_string())
+            .arg(id)
+            .arg(signal.to_string());
+        self.run("kill", id, cmd, Streams::Capture).await.map(drop)
+    }
 }
 
 /// `ps --format json`: runc prints pids, runsc process objects with "PID".
@@ -197,19 +226,7 @@ impl OciRuntime for Runc {
     }
 
     async fn exec(&self, id: &str, opts: ExecOptions<'_>) -> Result<()> {
-        let mut cmd = self.command("exec");
-        cmd.arg("--detach")
-            .arg("--process")
-            .arg(opts.process_file)
-            .arg("--pid-file")
-            .arg(opts.pid_file);
-        if let Some(sock) = opts.console_socket {
-            cmd.arg("--console-socket").arg(sock);
-        }
-        cmd.arg(id);
-        self.run("exec", id, cmd, Self::stdio_streams(opts.stdio))
-            .await
-            .map(drop)
+        self.exec_with(id, opts, &[]).await
     }
 
     async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {

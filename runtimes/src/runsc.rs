@@ -9,6 +9,7 @@
 //!   as subreaper, is that parent. A missing status is never made a 0.
 
 use std::collections::HashMap;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -35,6 +36,13 @@ fn pod_role(bundle: &Path) -> std::result::Result<PodRole, String> {
     let path = bundle.join("config.json");
     let bytes = std::fs::read(&path).map_err(|e| format!("{}: {e}", path.display()))?;
     spec::pod_role(&bytes).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Where `runsc exec` writes the exec's pid inside the sandbox.
+fn internal_pid_file(pid_file: &Path) -> PathBuf {
+    let mut name = pid_file.as_os_str().to_owned();
+    name.push(".internal");
+    PathBuf::from(name)
 }
 
 pub struct Runsc {
@@ -212,7 +220,29 @@ impl OciRuntime for Runsc {
     }
 
     async fn exec(&self, id: &str, opts: ExecOptions<'_>) -> Result<()> {
-        self.runc.exec(id, opts).await
+        let internal = internal_pid_file(opts.pid_file);
+        self.runc
+            .exec_with(
+                id,
+                opts,
+                &[OsStr::new("--internal-pid-file"), internal.as_os_str()],
+            )
+            .await
+    }
+
+    /// `runsc kill --pid`, with the pid inside the sandbox that `runsc exec
+    /// --internal-pid-file` wrote (as gVisor's own shim does): a SIGKILL to
+    /// the host's `runsc exec` would leave the process running, so an
+    /// ExecSync past its timeout (Kubernetes exec probes) would never end.
+    async fn kill_exec(&self, id: &str, pid_file: &Path, signal: u32) -> Option<Result<()>> {
+        let path = internal_pid_file(pid_file);
+        let pid = std::fs::read_to_string(&path)
+            .ok()?
+            .trim()
+            .parse::<i32>()
+            .ok()
+            .filter(|p| *p > 0)?;
+        Some(self.runc.kill_pid(id, pid, signal).await)
     }
 
     async fn kill(&self, id: &str, signal: u32, all: bool) -> Result<()> {

@@ -281,6 +281,7 @@ impl Container {
         execs.remove(exec_id);
         let _ = std::fs::remove_file(self.exec_file(exec_id, "json"));
         let _ = std::fs::remove_file(self.exec_file(exec_id, "pid"));
+        let _ = std::fs::remove_file(self.exec_file(exec_id, "pid.internal"));
     }
 
     pub fn exec_file(&self, exec_id: &str, ext: &str) -> PathBuf {

@@ -377,6 +377,25 @@ impl Task for TaskService {
         } else {
             let signal = nix::sys::signal::Signal::try_from(req.signal as i32)
                 .map_err(|_| rpc::invalid(format!("signal: {} is not a signal", req.signal)))?;
+            let pid_file = container.exec_file(&req.exec_id, "pid");
+            match container
+                .runtime
+                .kill_exec(&req.id, &pid_file, req.signal)
+                .await
+            {
+                Some(Ok(())) => return Ok(Empty::new()),
+                Some(Err(e)) if e.is_not_running() || e.is_not_found() => {
+                    return Err(rpc::not_found(format!(
+                        "exec {} of {}: process already finished ({e})",
+                        req.exec_id, req.id
+                    )))
+                }
+                Some(Err(e)) => warn!(
+                    "kill id={} exec_id={}: {e}; signalling its host process instead",
+                    req.id, req.exec_id
+                ),
+                None => {}
+            }
             match nix::sys::signal::kill(nix::unistd::Pid::from_raw(process.pid()), signal) {
                 Ok(()) => Ok(Empty::new()),
                 Err(nix::errno::Errno::ESRCH) => Err(rpc::not_found(format!(
