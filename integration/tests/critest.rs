@@ -65,6 +65,11 @@ fn lane(name: &str, version: &str, pairs: &[Pair]) {
         }
     }
     let left = lane.leftovers();
+    // containerd's log (the shims' lines included) outlives the instance.
+    let log = repo().join(format!(".cache/critest/containerd-{name}.log"));
+    if let Err(e) = std::fs::copy(lane.dir.join("containerd.log"), &log) {
+        eprintln!("critest lane {name}: cannot keep containerd's log: {e}");
+    }
     lane.stop();
     let results = repo().join(format!(".cache/critest/results-{name}.md"));
     if let Err(e) = std::fs::write(&results, &report) {
@@ -77,8 +82,9 @@ fn lane(name: &str, version: &str, pairs: &[Pair]) {
     problems.extend(left.into_iter().map(|l| format!("left behind: {l}")));
     assert!(
         problems.is_empty(),
-        "critest lane {name}:\n{}\n\n{report}",
-        problems.join("\n")
+        "critest lane {name}:\n{}\n\n{report}\ncontainerd's log: {}",
+        problems.join("\n"),
+        log.display()
     );
 }
 
