@@ -203,8 +203,8 @@ fn which(binary: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("{binary} not on PATH"))
 }
 
-fn runc_fails_each_action(version: &str) {
-    let c = Containerd::start(version);
+/// The fault wrapper around runc, and an oomguard TOML file naming it.
+fn wrapped_runc(c: &Containerd) -> (PathBuf, String) {
     let wrapper = fault_wrapper(&c.dir, &which("runc"));
     let config = c.dir.join("fault-runc.toml");
     std::fs::write(
@@ -212,7 +212,12 @@ fn runc_fails_each_action(version: &str) {
         format!("binary_name = \"{}\"\n", wrapper.display()),
     )
     .unwrap();
-    let config = config.display().to_string();
+    (wrapper, config.display().to_string())
+}
+
+fn runc_fails_each_action(version: &str) {
+    let c = Containerd::start(version);
+    let (wrapper, config) = wrapped_runc(&c);
     let root = rootfs().display().to_string();
     // Every container in one "pod", so one shim serves them all and stays
     // up: what a failure leaves is the shim's to clean, not containerd's
@@ -321,14 +326,7 @@ fn runc_fails_each_action(version: &str) {
 /// StopPodSandbox failed with "ttrpc: closed" on a loaded CI).
 fn kill_is_answered_before_its_exit(version: &str) {
     let c = Containerd::start(version);
-    let wrapper = fault_wrapper(&c.dir, &which("runc"));
-    let config = c.dir.join("slow-runc.toml");
-    std::fs::write(
-        &config,
-        format!("binary_name = \"{}\"\n", wrapper.display()),
-    )
-    .unwrap();
-    let config = config.display().to_string();
+    let (_, config) = wrapped_runc(&c);
     let id = "k-slow";
     c.run_detached(
         id,
