@@ -117,6 +117,10 @@ echo "OOMGUARD-CONTAINERD-UP $VERSION uptime=$(now)"
 
 ctr events >$EV 2>&1 &
 EV_PID=$!
+# Under TCG on a loaded host the guest can stall for seconds; ctr's default
+# 10 s dial timeout once failed a run that never reached the shim. (Defined
+# after `ctr events &`, whose pid must be ctr's own.)
+ctr() { command ctr --connect-timeout 60s "$@"; }
 
 # wait_event ID TOPIC [TENTHS]: until `ctr events` printed TOPIC for ID.
 wait_event() {
