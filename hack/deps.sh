@@ -63,10 +63,6 @@ trap cleanup EXIT
 
 # ---------------------------------------------------------------- apt helpers
 
-pkg_installed() {
-	[[ $(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null) == installed ]]
-}
-
 # The machine's own Debian mirror: the first "deb" source for bookworm in the
 # system's apt sources (one-line or deb822 format). Override with
 # OOMGUARD_DEBIAN_MIRROR.
@@ -100,20 +96,6 @@ debian_mirror() {
 			}' "${lists[@]}")
 	fi
 	printf '%s\n' "${uri:-http://deb.debian.org/debian}"
-}
-
-apt_install() {
-	local -a missing=()
-	local p
-	for p in "$@"; do pkg_installed "$p" || missing+=("$p"); done
-	((${#missing[@]})) || return 0
-	note "apt-get install ${missing[*]}"
-	local -a cmd=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}")
-	if ! "${cmd[@]}" >>"$LOG" 2>&1; then
-		note "install failed; running apt-get update and retrying"
-		run_logged "$LOG" apt-get update -q --error-on=any || die "apt-get update failed"
-		run_logged "$LOG" "${cmd[@]}" || die "could not install ${missing[*]}"
-	fi
 }
 
 # Private apt configuration for another suite (trixie, sid): its own sources

@@ -123,3 +123,23 @@ mounts_under() { # DIR -> mount points at or under DIR, deepest/latest first
 	done
 	return 0
 }
+
+pkg_installed() { # PKG: the Debian package is installed
+	[[ $(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null) == installed ]]
+}
+
+# apt_install PKG...: install the Debian packages that are missing (output to
+# $LOG; apt-get update and one retry when the install fails).
+apt_install() {
+	local -a missing=()
+	local p
+	for p in "$@"; do pkg_installed "$p" || missing+=("$p"); done
+	((${#missing[@]})) || return 0
+	note "apt-get install ${missing[*]}"
+	local -a cmd=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}")
+	if ! "${cmd[@]}" >>"${LOG:?}" 2>&1; then
+		note "install failed; running apt-get update and retrying"
+		run_logged "$LOG" apt-get update -q --error-on=any || die "apt-get update failed"
+		run_logged "$LOG" "${cmd[@]}" || die "could not install ${missing[*]}"
+	fi
+}

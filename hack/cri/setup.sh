@@ -36,18 +36,7 @@ mkdir -p "$OUT" "$CACHE/logs"
 exec 8>"$OUT/.setup.lock"
 flock -w 600 8 || die "timed out waiting for the lock $OUT/.setup.lock"
 
-pkg_installed() {
-	[[ $(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null) == installed ]]
-}
-
-if ! pkg_installed containernetworking-plugins; then
-	note "apt-get install containernetworking-plugins"
-	cmd=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends containernetworking-plugins)
-	if ! "${cmd[@]}" >>"$LOG" 2>&1; then
-		run_logged "$LOG" apt-get update -q || die "apt-get update failed"
-		run_logged "$LOG" "${cmd[@]}" || die "could not install containernetworking-plugins"
-	fi
-fi
+apt_install containernetworking-plugins
 for p in bridge host-local loopback; do
 	[[ -x /usr/lib/cni/$p ]] || die "/usr/lib/cni/$p is missing (containernetworking-plugins)"
 done

@@ -63,19 +63,7 @@ mkdir -p "$OUT" "$CACHE/logs"
 exec 8>"$OUT/.setup.lock"
 flock -w 600 8 || die "timed out waiting for the lock $OUT/.setup.lock"
 
-pkg_installed() {
-	[[ $(dpkg-query -W -f='${db:Status-Status}' "$1" 2>/dev/null) == installed ]]
-}
-missing=()
-for p in docker-registry iptables; do pkg_installed "$p" || missing+=("$p"); done
-if ((${#missing[@]})); then
-	note "apt-get install ${missing[*]}"
-	cmd=(env DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends "${missing[@]}")
-	if ! "${cmd[@]}" >>"$LOG" 2>&1; then
-		run_logged "$LOG" apt-get update -q || die "apt-get update failed"
-		run_logged "$LOG" "${cmd[@]}" || die "could not install ${missing[*]}"
-	fi
-fi
+apt_install docker-registry iptables
 
 busybox=$CACHE/busybox-dyn/bin/busybox
 [[ -x $busybox ]] || die "$busybox is missing: run hack/deps.sh"

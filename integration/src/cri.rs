@@ -568,20 +568,11 @@ impl Cri {
     /// Shims (any) started for this containerd.
     pub fn shim_pids(&self) -> Vec<i32> {
         let needle = format!("-address {}", self.socket.display());
-        let mut pids = Vec::new();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains("containerd-shim") && cmdline.contains(&needle) {
-                pids.push(pid);
-            }
-        }
-        pids
+        crate::harness::processes()
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains("containerd-shim") && cmd.contains(&needle))
+            .map(|(pid, _)| pid)
+            .collect()
     }
 
     /// After every pod was removed: no pod or container left in CRI, no

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use crate::harness::{hack, instance_dir, repo, shim_dir, show_log_if_failing, tail};
+use crate::harness::{hack, instance_dir, processes, repo, shim_dir, show_log_if_failing, tail};
 
 /// Where `hack/critest/setup.sh` finds critest (`$CRITEST`, else
 /// `../shared/critest/critest` beside the repository or a parent); `None`
@@ -246,9 +246,11 @@ impl Lane {
         let ours = [self.containerd_pid(), self.registry_pid()];
         let deadline = Instant::now() + Duration::from_secs(10);
         let procs = loop {
-            let procs: Vec<(i32, String)> = processes_with(&dir)
+            let procs: Vec<(i32, String)> = processes()
                 .into_iter()
-                .filter(|(p, _)| !ours.contains(p))
+                .filter(|(p, cmd)| {
+                    cmd.contains(&dir) && !ours.contains(p) && *p != std::process::id() as i32
+                })
                 .collect();
             if procs.is_empty() || Instant::now() > deadline {
                 break procs;
@@ -337,24 +339,6 @@ impl Drop for Lane {
 
 fn read_pid(path: &Path) -> Option<i32> {
     std::fs::read_to_string(path).ok()?.trim().parse().ok()
-}
-
-/// Processes (pid, command line) whose command line contains `needle`.
-fn processes_with(needle: &str) -> Vec<(i32, String)> {
-    let mut pids = Vec::new();
-    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-            continue;
-        };
-        let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-            continue;
-        };
-        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-        if cmdline.contains(needle) && pid != std::process::id() as i32 {
-            pids.push((pid, cmdline));
-        }
-    }
-    pids
 }
 
 /// The socket containerd's shims use for (namespace, id):

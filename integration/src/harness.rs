@@ -242,20 +242,11 @@ impl Containerd {
     /// The shims still running for this containerd.
     pub fn shim_pids(&self) -> Vec<i32> {
         let needle = format!("-address {}", self.socket.display());
-        let mut pids = Vec::new();
-        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
-            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
-                continue;
-            };
-            let Ok(cmdline) = std::fs::read(entry.path().join("cmdline")) else {
-                continue;
-            };
-            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
-            if cmdline.contains("containerd-shim-oomguard-v2") && cmdline.contains(&needle) {
-                pids.push(pid);
-            }
-        }
-        pids
+        processes()
+            .into_iter()
+            .filter(|(_, cmd)| cmd.contains("containerd-shim-oomguard-v2") && cmd.contains(&needle))
+            .map(|(pid, _)| pid)
+            .collect()
     }
 
     /// Asserts that nothing is left of the given containers: no shim, no
@@ -404,6 +395,39 @@ pub fn signal(pid: i32, sig: i32) {
         "kill({pid}, {sig}): {}",
         std::io::Error::last_os_error()
     );
+}
+
+/// The live processes of the host (zombies left out): pid and command line
+/// (its NULs as spaces).
+pub fn processes() -> Vec<(i32, String)> {
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
+        let (Ok(cmdline), Ok(stat)) = (
+            std::fs::read(entry.path().join("cmdline")),
+            std::fs::read_to_string(entry.path().join("stat")),
+        ) else {
+            continue;
+        };
+        // "pid (comm) STATE ...": the state follows the last ") ".
+        if stat.rsplit(") ").next().is_some_and(|r| r.starts_with('Z')) {
+            continue;
+        }
+        let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+        found.push((pid, cmdline.trim_end().to_string()));
+    }
+    found
+}
+
+/// Live processes whose command line is exactly `cmd`.
+pub fn processes_running(cmd: &str) -> Vec<i32> {
+    processes()
+        .into_iter()
+        .filter(|(_, c)| c == cmd)
+        .map(|(pid, _)| pid)
+        .collect()
 }
 
 /// The last `n` lines of `text`.

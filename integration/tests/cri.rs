@@ -12,7 +12,7 @@ use oomguard_integration::cri::{
     ensure_runsc, Cri, Pod, HANDLER, IMAGE, PAUSE_IMAGE, RUNSC_20240729_HANDLER, RUNSC_HANDLER,
     STOCK_HANDLER,
 };
-use oomguard_integration::harness::unique;
+use oomguard_integration::harness::{processes_running as running, unique};
 
 macro_rules! on_every_containerd {
     ($($(#[$attr:meta])* $scenario:ident),* $(,)?) => {
@@ -178,23 +178,6 @@ fn exec_oom_kills_the_container(version: &str) {
     assert_eq!(c.exit_of(&a), reason(137, "OOMKilled"));
     c.remove_pod(&pod);
     c.assert_clean();
-}
-
-/// Host processes whose command line is `cmd` and that are not zombies.
-fn running(cmd: &str) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let zombie = stat.rsplit(") ").next()?.starts_with('Z');
-            (!zombie && String::from_utf8_lossy(&cmdline).replace('\0', " ").trim() == cmd)
-                .then_some(pid)
-        })
-        .collect()
 }
 
 /// A pod and container config whose pid namespace is `mode` (Pod: the

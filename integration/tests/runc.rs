@@ -5,7 +5,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use oomguard_integration::harness::{
-    assert_exit, assert_ok, rootfs, run_with_timeout, unique, Containerd, RUNTIME,
+    assert_exit, assert_ok, processes_running, rootfs, run_with_timeout, unique, Containerd,
+    RUNTIME,
 };
 
 use oomguard_integration::on_every_containerd;
@@ -356,23 +357,6 @@ fn children_outliving_init(version: &str) {
         7
     );
     c.assert_clean(&["orphans"]);
-}
-
-/// Processes still running in the container whose command line is `cmd`.
-fn processes_running(cmd: &str) -> Vec<i32> {
-    std::fs::read_dir("/proc")
-        .into_iter()
-        .flatten()
-        .flatten()
-        .filter_map(|e| {
-            let pid = e.file_name().to_string_lossy().parse::<i32>().ok()?;
-            let cmdline = std::fs::read(e.path().join("cmdline")).ok()?;
-            let stat = std::fs::read_to_string(e.path().join("stat")).ok()?;
-            let zombie = stat.rsplit(") ").next()?.starts_with('Z');
-            (!zombie && String::from_utf8_lossy(&cmdline).replace('\0', " ").trim() == cmd)
-                .then_some(pid)
-        })
-        .collect()
 }
 
 /// An init that shares another's pid namespace (or the host's) leaves its

@@ -354,7 +354,12 @@ mod tests {
         let answered = tokio::task::spawn_blocking(move || client(&s, &[]))
             .await
             .unwrap();
-        assert_eq!(answered, 0, "a foreign peer gets no handshake");
+        // The listener closes the connection unanswered: EOF, or a reset
+        // when the hello it did not read was still queued.
+        assert!(
+            answered <= 0,
+            "a foreign peer gets no handshake ({answered})"
+        );
         until("refusal counted", |e| e.refused == 1, sandbox).await;
 
         // A child of this process is: its start, a malformed packet and an
