@@ -144,11 +144,10 @@ fn shims_cpu_ticks(address: &str, shim: &str) -> u64 {
             continue;
         };
         let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-        let is_shim = args
-            .first()
-            .is_some_and(|a| a.ends_with(shim.as_bytes()));
+        let is_shim = args.first().is_some_and(|a| a.ends_with(shim.as_bytes()));
         let ours = args.windows(2).any(|w| {
-            w[0] == b"-address" && (w[1] == address.as_bytes() || w[1].ends_with(address.as_bytes()))
+            w[0] == b"-address"
+                && (w[1] == address.as_bytes() || w[1].ends_with(address.as_bytes()))
         });
         if !is_shim || !ours {
             continue;

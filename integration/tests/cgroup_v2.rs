@@ -572,7 +572,11 @@ fn v1_lane_completed() {
         ("kill-9", &[STOCK, OOMGUARD]),
         ("global-oom", &[OOMGUARD]),
     ] {
-        let want = if s == "global-oom" { global_repeat(V1) } else { 1 };
+        let want = if s == "global-oom" {
+            global_repeat(V1)
+        } else {
+            1
+        };
         for rt in runtimes {
             let got = l.of(s, rt).len();
             if got != want {

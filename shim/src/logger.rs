@@ -114,7 +114,10 @@ mod tests {
                 .build(),
         );
         assert!(line.starts_with("time=\""), "{line}");
-        assert!(line.ends_with(" level=info msg=\"oom id=c1 publishing\"\n\n"), "{line}");
+        assert!(
+            line.ends_with(" level=info msg=\"oom id=c1 publishing\"\n\n"),
+            "{line}"
+        );
         // RFC 3339 UTC: 2026-12-03T13:23:04.073599722Z
         let time = &line[6..line.find("\" level").unwrap()];
         assert!(time.ends_with('Z') && time.as_bytes()[10] == b'T', "{time}");

@@ -72,7 +72,9 @@ pub async fn sweep(memcg: &Memcg, rel: &str, limit: Duration) -> io::Result<Swep
             if !seen.insert(pid) {
                 continue;
             }
-            let Some(fd) = pidfd::open(pid)? else { continue };
+            let Some(fd) = pidfd::open(pid)? else {
+                continue;
+            };
             if !belongs(pid, rel) {
                 continue;
             }
@@ -168,7 +170,7 @@ mod tests {
         let dir = root.join(&name);
         let sub = dir.join("inner");
         std::fs::create_dir_all(&sub).unwrap();
-        let outside = Command::new("sleep").arg("100").spawn().unwrap();
+        let mut outside = Command::new("sleep").arg("100").spawn().unwrap();
         let mut forker = Command::new("sh")
             .arg("-c")
             .arg(format!(
@@ -195,7 +197,8 @@ mod tests {
         assert!(after.is_empty(), "{after:?}");
         let outside_pid = outside.id() as i32;
         assert!(Path::new(&format!("/proc/{outside_pid}")).exists());
-        unsafe { libc::kill(outside_pid, libc::SIGKILL) };
+        outside.kill().unwrap();
+        outside.wait().unwrap();
         std::fs::remove_dir(&sub).unwrap();
         std::fs::remove_dir(&dir).unwrap();
     }

@@ -322,7 +322,10 @@ impl OomWatch {
             return;
         }
         let mut victims = self.victims.lock().unwrap_or_else(|p| p.into_inner());
-        if !victims.iter().any(|k| k.pid == v.pid && k.task_memcg == v.task_memcg) {
+        if !victims
+            .iter()
+            .any(|k| k.pid == v.pid && k.task_memcg == v.task_memcg)
+        {
             victims.push(v);
         }
     }
@@ -377,7 +380,10 @@ impl OomWatch {
                     // task was woken before this one runs).
                     tokio::task::yield_now().await;
                     let how = me.kill_all(OOM_GROUP_KILL_LIMIT).await;
-                    info!("oom id={}: oom_group: killed the whole container ({how})", me.id);
+                    info!(
+                        "oom id={}: oom_group: killed the whole container ({how})",
+                        me.id
+                    );
                 });
             }
             return Found::Published;
@@ -495,7 +501,10 @@ impl OomWatch {
                 }
             }
         }
-        debug!("oom id={}: {read} kernel log record(s) read at exit", self.id);
+        debug!(
+            "oom id={}: {read} kernel log record(s) read at exit",
+            self.id
+        );
         let (counted, logged) = self.kills();
         if counted.is_none() && self.memcg.is_some() {
             warn!(
@@ -511,10 +520,7 @@ impl OomWatch {
             .find(|v| v.pid == exit.pid)
             .cloned();
         let c = counted.unwrap_or_default();
-        let notifications = self
-            .notifications
-            .load(Ordering::Relaxed)
-            .max(c.ooms);
+        let notifications = self.notifications.load(Ordering::Relaxed).max(c.ooms);
         let kills = c.kills.max(logged);
         let mut published = self.published.lock().await;
         let episodes = episodes(kills, c.group_kills, self.oom_group).max(u64::from(
@@ -577,7 +583,10 @@ impl OomWatch {
                 self.id
             );
             let how = self.kill_all(OOM_GROUP_KILL_LIMIT).await;
-            info!("oom id={}: oom_group: killed the whole container ({how})", self.id);
+            info!(
+                "oom id={}: oom_group: killed the whole container ({how})",
+                self.id
+            );
         }
         verdict
     }
