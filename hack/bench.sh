@@ -491,7 +491,7 @@ phase_v2() {
 	fi
 	sed -n 's/^OOMGUARD-BENCH latency\t\([a-z]*\)/latency\tv2-\1/p' "$WORK/v2/console.log" >>"$WORK/oomlat.tsv"
 	sed -n 's/^OOMGUARD-SHIM-LOG //p' "$WORK/v2/console.log" >"$WORK/v2-shim.log"
-	shim_oom_timings "$WORK/v2-shim.log" | sed 's/^/v2:/' >>"$WORK/oomlat-shim.tsv"
+	shim_oom_timings "$WORK/v2-shim.log" | sed 's/^/v2-/' >>"$WORK/oomlat-shim.tsv"
 }
 
 # ---------------------------------------------------------------- gVisor pod
@@ -704,7 +704,7 @@ oom_rows() {
 	local label a b pre
 	local -a st os sk ok sh sf
 	for s in "stock:oomguard::runc, cgroup v1 (this host)" "stock-gvisor:oomguard-gvisor::gVisor (runsc, ptrace), cgroup v1" \
-		"v2-stock:v2-oomguard:v2\::runc, cgroup v2 (qemu lane, TCG)"; do
+		"v2-stock:v2-oomguard:v2-:runc, cgroup v2 (qemu lane, TCG)"; do
 		IFS=: read -r a b pre label <<<"$s"
 		grep -q "^latency	$a	" "$WORK/oomlat.tsv" || continue
 		read -r -a st <<<"$(oom_stats "$a")"
@@ -717,9 +717,9 @@ oom_rows() {
 		printf '| (memcg OOM -> kill counter moved, as the measuring process saw it: p50 / p99 ms) | %s / %s | %s / %s | |\n' \
 			"${sk[0]}" "${sk[1]}" "${ok[0]}" "${ok[1]}"
 		if [[ $b != *gvisor && -s $WORK/oomlat-shim.tsv ]]; then
-			awk -F'\t' -v p="$pre" 'index($1, p) == 1 && (p != "" || $1 !~ /^v2:/) && $2 != "-" { print $2 }' "$WORK/oomlat-shim.tsv" >"$WORK/col"
+			awk -F'\t' -v p="$pre" 'index($1, p) == 1 && (p != "" || $1 !~ /^v2-/) && $2 != "-" { print $2 }' "$WORK/oomlat-shim.tsv" >"$WORK/col"
 			read -r -a sh <<<"$(pcts "$WORK/col" "")"
-			awk -F'\t' -v p="$pre" 'index($1, p) == 1 && (p != "" || $1 !~ /^v2:/) { print $3 }' "$WORK/oomlat-shim.tsv" >"$WORK/col"
+			awk -F'\t' -v p="$pre" 'index($1, p) == 1 && (p != "" || $1 !~ /^v2-/) { print $3 }' "$WORK/oomlat-shim.tsv" >"$WORK/col"
 			read -r -a sf <<<"$(pcts "$WORK/col" "")"
 			printf '| (oomguard: its notification -> TaskOOM queued, when not at once; Forward call: p50 / p99 ms) | | %s / %s; %s / %s | |\n' \
 				"${sh[0]}" "${sh[1]}" "${sf[0]}" "${sf[1]}"
