@@ -511,6 +511,8 @@ pub struct Event {
     pub namespace: String,
     pub topic: String,
     pub body: serde_json::Value,
+    /// When this process read it.
+    pub seen_at: Instant,
 }
 
 impl Event {
@@ -552,6 +554,7 @@ fn parse_event(line: &str) -> Option<Event> {
         namespace,
         topic,
         body,
+        seen_at: Instant::now(),
     })
 }
 

@@ -7,6 +7,9 @@
 //!   fails the chosen action, before or after running the real one, and
 //!   otherwise execs it. Each RPC answers an error naming the binary, the
 //!   action and the container, and nothing is left behind;
+//! - a Kill whose runtime call is slow: it is answered before the exit it
+//!   caused is published (containerd closes the connection once it handled
+//!   the exit, so a later answer is lost);
 //! - runsc unable to start a sandbox (a flag it does not know, or a failed
 //!   `runsc start`): the task ends and the shim exits when containerd
 //!   deletes it.
@@ -14,7 +17,7 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Output;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use oomguard_integration::cri::{Cri, HANDLER};
 use oomguard_integration::gvisor::{own_rootfs, runsc_binary};
@@ -26,6 +29,7 @@ oomguard_integration::on_containerd_1_7_and_2!(
     shim_killed_mid_oom,
     cri_shim_killed_mid_oom,
     runc_fails_each_action,
+    kill_is_answered_before_its_exit,
     runsc_cannot_start_a_sandbox,
 );
 
@@ -116,6 +120,7 @@ fn cri_shim_killed_mid_oom(version: &str) {
 
 /// A runtime binary that fails on request: `fail-ACTION` in `faults`
 /// refuses ACTION before the real binary runs, `fail-after-ACTION` fails it
+/// after the real binary did its work, `slow-after-ACTION` returns 1 s
 /// after the real binary did its work.
 fn fault_wrapper(dir: &Path, real: &Path) -> PathBuf {
     let faults = dir.join("faults");
@@ -149,6 +154,12 @@ for a in "$@"; do
     if [ -e "{f}/fail-after-$a" ]; then
         "{real}" "$@"
         fail "$a failed after it ran"
+    fi
+    if [ -e "{f}/slow-after-$a" ]; then
+        "{real}" "$@"
+        status=$?
+        sleep 1
+        exit $status
     fi
 done
 exec "{real}" "$@"
@@ -192,8 +203,8 @@ fn which(binary: &str) -> PathBuf {
         .unwrap_or_else(|| panic!("{binary} not on PATH"))
 }
 
-fn runc_fails_each_action(version: &str) {
-    let c = Containerd::start(version);
+/// The fault wrapper around runc, and an oomguard TOML file naming it.
+fn wrapped_runc(c: &Containerd) -> (PathBuf, String) {
     let wrapper = fault_wrapper(&c.dir, &which("runc"));
     let config = c.dir.join("fault-runc.toml");
     std::fs::write(
@@ -201,7 +212,12 @@ fn runc_fails_each_action(version: &str) {
         format!("binary_name = \"{}\"\n", wrapper.display()),
     )
     .unwrap();
-    let config = config.display().to_string();
+    (wrapper, config.display().to_string())
+}
+
+fn runc_fails_each_action(version: &str) {
+    let c = Containerd::start(version);
+    let (wrapper, config) = wrapped_runc(&c);
     let root = rootfs().display().to_string();
     // Every container in one "pod", so one shim serves them all and stays
     // up: what a failure leaves is the shim's to clean, not containerd's
@@ -301,6 +317,47 @@ fn runc_fails_each_action(version: &str) {
     assert_eq!(c.shim_pids().len(), 1, "the pod's shim served them all");
     c.remove("f-pod");
     c.assert_clean(&ids);
+}
+
+/// A Kill whose `runc kill` takes a second after the signal: the init dies
+/// at once, but its TaskExit must not reach containerd before the Kill's
+/// answer. containerd handles an exit by Delete and Shutdown and then closes
+/// the shim connection, which loses an answer still owed (CRI's
+/// StopPodSandbox failed with "ttrpc: closed" on a loaded CI).
+fn kill_is_answered_before_its_exit(version: &str) {
+    let c = Containerd::start(version);
+    let (_, config) = wrapped_runc(&c);
+    let id = "k-slow";
+    c.run_detached(
+        id,
+        &["--runtime-config-path", &config],
+        &["/bin/sh", "-c", "sleep 1000"],
+    );
+    let events = c.events();
+    inject(&c.dir, "slow-after-kill");
+    let sent = Instant::now();
+    assert_ok(
+        &c.ctr(&["task", "kill", "-s", "SIGKILL", id]),
+        "kill with a slow runc kill",
+    );
+    let answered = Instant::now();
+    assert!(
+        answered - sent >= Duration::from_secs(1),
+        "the wrapper's kill took a second"
+    );
+    let exit = events
+        .init_exit(id, Duration::from_secs(10))
+        .expect("TaskExit of the killed init");
+    assert_eq!(exit.exit_status(), 137);
+    // The exit went out after the answer; ctr's own exit is the slack.
+    assert!(
+        exit.seen_at + Duration::from_millis(300) >= answered,
+        "TaskExit arrived {:?} before the Kill was answered",
+        answered.saturating_duration_since(exit.seen_at)
+    );
+    clear(&c.dir, "slow-after-kill");
+    c.remove(id);
+    c.assert_clean(&[id]);
 }
 
 /// No runc state and no process left of container `id` (its shim still

@@ -271,14 +271,8 @@ async fn read_stream(sandbox: &str, stream: &mut TraceStream, shared: &Shared, i
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::gvisor::trace::tests::hex;
     use std::os::unix::fs::PermissionsExt;
-
-    fn hex(s: &str) -> Vec<u8> {
-        (0..s.len())
-            .step_by(2)
-            .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())
-            .collect()
-    }
 
     /// Connects to `path`, sends the handshake, reads the answer, then sends
     /// `packets`; returns how many answer bytes came back (0: refused).

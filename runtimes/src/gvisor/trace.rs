@@ -556,10 +556,11 @@ fn decode_exit(payload: &[u8]) -> Result<(Option<ContextData>, i32), DecodeError
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn hex(s: &str) -> Vec<u8> {
+    /// The captures of NOTES.md are hex dumps.
+    pub(crate) fn hex(s: &str) -> Vec<u8> {
         (0..s.len())
             .step_by(2)
             .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap())

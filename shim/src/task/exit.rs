@@ -56,7 +56,7 @@ pub async fn init_exited(container: Arc<Container>, exit: Exit, publisher: Publi
         }
     }
     container.init.io.lock().await.drain().await;
-    publish_exit(&container, &container.init, &exit, &verdict, &publisher);
+    publish_exit(&container, &container.init, &exit, &verdict, &publisher).await;
 }
 
 pub async fn exec_exited(
@@ -72,17 +72,19 @@ pub async fn exec_exited(
         "exit id={} exec_id={} pid={} wait_status=\"{}\" exit_status={}",
         container.id, process.exec_id, exit.pid, exit.status, verdict.exit_status
     );
-    publish_exit(&container, &process, &exit, &verdict, &publisher);
+    publish_exit(&container, &process, &exit, &verdict, &publisher).await;
 }
 
-/// Releases Wait with the decided status, then tells containerd.
-fn publish_exit(
+/// Releases Wait with the decided status, then tells containerd; after a
+/// Kill in progress on the process has its answer.
+async fn publish_exit(
     container: &Container,
     process: &Process,
     exit: &Exit,
     verdict: &Verdict,
     publisher: &Publisher,
 ) {
+    let _signalled = process.signalling.lock().await;
     process.set_exited(ExitInfo {
         exit_status: verdict.exit_status,
         at: exit.at,

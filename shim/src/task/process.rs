@@ -53,6 +53,12 @@ pub struct Process {
     /// Held by Start until TaskStart is published: an exit reaped meanwhile
     /// waits for it, so containerd never sees TaskExit before TaskStart.
     pub starting: tokio::sync::Mutex<()>,
+    /// Held by Kill while the runtime signals the process: its exit is
+    /// published only after, as the Go shim does. Otherwise containerd can
+    /// handle the exit (Delete, Shutdown, closing the connection) before the
+    /// Kill that caused it is answered, and CRI's StopPodSandbox fails with
+    /// "ttrpc: closed" (seen under a loaded CI).
+    pub signalling: tokio::sync::Mutex<()>,
 }
 
 impl Process {
@@ -68,6 +74,7 @@ impl Process {
             reaped: watch::channel(false).0,
             io: tokio::sync::Mutex::new(IoHandles::default()),
             starting: tokio::sync::Mutex::new(()),
+            signalling: tokio::sync::Mutex::new(()),
         }
     }
 

@@ -352,6 +352,7 @@ impl Task for TaskService {
         let _rpc = self.inflight.enter();
         let container = self.container(&req.id)?;
         let process = container.process(&req.exec_id)?;
+        let _signalling = process.signalling.lock().await;
         if process.state() == State::Stopped {
             return Err(rpc::not_found(format!(
                 "process {:?} of {}: process already finished",
