@@ -17,11 +17,35 @@
 #            /proc/PID/stat; on-CPU ns of /proc/PID/task/*/schedstat), their
 #            context switches, then per shim PSS, RSS and USS (smaps_rollup) and
 #            threads (/proc/PID/status); then the containers are removed. The
-#            host's kernel log lines in the window are counted too: oomguard
-#            shims read /dev/kmsg, so host kernel messages (other containers'
-#            OOM kills...) wake them.
+#            host's kernel log lines in the window are counted too. Then the
+#            same shims again for T seconds while `oomguard-bench kmsg-flood`
+#            writes F lines/s to /dev/kmsg (kernel.printk_devkmsg set to "on"
+#            for the window and always restored, also on failure or interrupt):
+#            an idle oomguard shim keeps /dev/kmsg out of its epoll set.
 #            (Their "ctr run -d" times go to the samples file only: the two
 #            runtimes are not interleaved there, so host load drifts between them.)
+#   oom      OOM kill -> TaskOOM (oomguard-bench latency): O rounds, the two
+#            runtimes interleaved (ABBA); a container with a 32 MiB limit sleeps
+#            1 s, then allocates 100 MB. t0 = an eventfd of the measuring
+#            process on the container's memory.oom_control firing (the memcg
+#            entered OOM); t1 = the /tasks/oom line reaching a `ctr events`
+#            subscriber; p50/p99 (nearest rank). The measuring process also
+#            reads the container's oom_kill counter every ~0.1 ms after t0: when
+#            it moves is the earliest a confirmed kill can be known (the stock
+#            shim publishes at t0, before the kill). Then the same for gVisor
+#            (runsc 20240729, ptrace, 64 MiB, 200 MB): stock = the runc-v2 shim
+#            with runsc as its BinaryName, oomguard with binary_name = runsc.
+#            From oomguard's log: its own notification -> publish time and the
+#            Forward call's time for each TaskOOM.
+#   storm    S containers (32 MiB limit) wait on one barrier, are released at
+#            once and allocate 100 MB (oomguard-bench storm), per runtime: how
+#            many got exactly one TaskOOM before their TaskExit, how many exited
+#            137, and the time from the release to the last TaskExit; shims'
+#            total CPU over the storm.
+#   v2       the OOM kill -> TaskOOM rounds on cgroup v2, in the qemu lane
+#            (hack/v2/run.sh --bench O: Debian's 6.1 kernel under TCG, so the
+#            absolute figures are the emulator's; t0 = inotify on
+#            memory.events showing "oom" moved).
 #   size     both shim binaries.
 #   gvisor   (when hack/deps.sh runsc installed runsc 20240729) a gVisor pod
 #            through ctr: a sandbox and G joined containers (sleep, cgroupfs
@@ -44,7 +68,10 @@
 # both runtimes run one shim per container.
 #
 # Prints a markdown table and writes it to .cache/bench/results-VER.md (raw
-# samples: .cache/bench/samples-VER.tsv). About 1 minute per VER on 2 cores, plus the build.
+# samples: .cache/bench/samples-VER.tsv, OOM latency runs:
+# oom-latency-VER.tsv, storm: storm-VER.tsv). About 12 minutes per VER on 2
+# cores with the defaults (the storm and the qemu lane take most), plus the
+# build.
 #
 # Environment:
 #   OOMGUARD_SHIM_DIR    directory holding containerd-shim-oomguard-v2; when set,
@@ -55,6 +82,14 @@
 #   BENCH_IDLE_SECONDS   T, idle window (default 10)
 #   BENCH_GVISOR_CONTAINERS  G, joined containers in the gVisor pod (default 4)
 #   BENCH_RUNAWAY_RUNS   R, runs per runaway kind (default 3)
+#   BENCH_OOM_RUNS       O, OOM latency rounds per runtime (default 20; 0 skips)
+#   BENCH_FLOOD_RATE     F, kernel log lines/s in the flood window (default 2000; 0 skips)
+#   BENCH_STORM          S, containers in the OOM storm (default 200; 0 skips)
+#   BENCH_GVISOR         1 (default): the gVisor rows when runsc 20240729 is there
+#   BENCH_V2             1 (default): the cgroup v2 rows from the qemu lane (adds ~5 min)
+#   BENCH_PHASES         which phases run (default: all): a comma-separated
+#                        subset of latency,idle,oom,storm,v2,gvisor
+#   OOMGUARD_BENCH_BIN   the oomguard-bench binary (default: built with the shim)
 set -euo pipefail
 # shellcheck source=hack/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
@@ -77,10 +112,18 @@ M=${BENCH_RUNS:-30}
 T=${BENCH_IDLE_SECONDS:-10}
 G=${BENCH_GVISOR_CONTAINERS:-4}
 R=${BENCH_RUNAWAY_RUNS:-3}
+O=${BENCH_OOM_RUNS:-20}
+F=${BENCH_FLOOD_RATE:-2000}
+S=${BENCH_STORM:-200}
+PHASES=,${BENCH_PHASES:-latency,idle,oom,storm,v2,gvisor},
 WARMUP=3
 for v in N M T G R; do
 	[[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
 done
+for v in O F S; do
+	[[ ${!v} =~ ^[0-9]+$ ]] || die "$v must be a number (got '${!v}')"
+done
+phase() { [[ $PHASES == *",$1,"* ]]; }
 
 need_root
 (( BASH_VERSINFO[0] >= 5 )) || die "needs bash 5 (EPOCHREALTIME)"
@@ -96,6 +139,8 @@ NS="oomguard-bench-$$"
 PREFIX="bench$$"
 FLOOR_ROOT="" # runc --root of the "runc run" floor
 KMSG_PID=""   # dmesg --follow-new during an idle window
+DEVKMSG_OLD="" # kernel.printk_devkmsg before the flood, restored after it
+FLOOD_PID=""   # oomguard-bench kmsg-flood
 
 # ---------------------------------------------------------------- clean-up
 
@@ -114,8 +159,22 @@ rm_fifos() { # ID
 	rm_fifo_files /run/containerd/fifo/*/"$1"-std{in,out,err}
 }
 
+# Puts kernel.printk_devkmsg back as it was before the flood.
+restore_devkmsg() {
+	if [[ -n $FLOOD_PID ]]; then
+		kill "$FLOOD_PID" 2>/dev/null || true
+		wait "$FLOOD_PID" 2>/dev/null || true
+		FLOOD_PID=""
+	fi
+	[[ -n $DEVKMSG_OLD ]] || return 0
+	printf '%s\n' "$DEVKMSG_OLD" >/proc/sys/kernel/printk_devkmsg ||
+		warn "could not restore kernel.printk_devkmsg to '$DEVKMSG_OLD'"
+	DEVKMSG_OLD=""
+}
+
 cleanup_ver() {
 	local id
+	restore_devkmsg
 	if [[ -n $KMSG_PID ]]; then
 		kill "$KMSG_PID" 2>/dev/null || true
 		wait "$KMSG_PID" 2>/dev/null || true
@@ -297,9 +356,9 @@ phase_idle() {
 	((${#pids[@]} == N)) || warn "$k: found ${#pids[@]} shim processes for $N containers"
 	((${#pids[@]})) || die "$k: no shim processes found"
 
-	# oomguard reads /dev/kmsg (OOM victim records), so every kernel log
-	# line on the host wakes each of its shims: count them in the window.
-	local c0 c1
+	# Host kernel log lines in the window (oomguard reads /dev/kmsg only
+	# while an OOM, host memory pressure or an exit makes it matter): counted.
+	local c0 c1 c2="" c3=""
 	dmesg --follow-new --raw >"$WORK/kmsg.$k" 2>/dev/null &
 	KMSG_PID=$!
 	c0=$(cpu_snapshot "${pids[@]}")
@@ -309,6 +368,25 @@ phase_idle() {
 	kill "$KMSG_PID" 2>/dev/null || true
 	wait "$KMSG_PID" 2>/dev/null || true
 	KMSG_PID=""
+
+	if ((F > 0)); then
+		note "idle: the same shims, ${T}s, while $F lines/s go to /dev/kmsg"
+		DEVKMSG_OLD=$(</proc/sys/kernel/printk_devkmsg)
+		echo on >/proc/sys/kernel/printk_devkmsg || die "cannot set kernel.printk_devkmsg"
+		dmesg --follow-new --raw >"$WORK/kmsg-flood.$k" 2>/dev/null &
+		KMSG_PID=$!
+		c2=$(cpu_snapshot "${pids[@]}")
+		"$BENCH_BIN" kmsg-flood --rate "$F" --seconds "$T" >"$WORK/flood.$k" 2>&1 &
+		FLOOD_PID=$!
+		wait "$FLOOD_PID" || die "kmsg-flood failed: $(cat "$WORK/flood.$k")"
+		FLOOD_PID=""
+		c3=$(cpu_snapshot "${pids[@]}")
+		restore_devkmsg
+		sleep 0.2
+		kill "$KMSG_PID" 2>/dev/null || true
+		wait "$KMSG_PID" 2>/dev/null || true
+		KMSG_PID=""
+	fi
 
 	local p files=() tmax=0 tsum=0 th
 	for p in "${pids[@]}"; do
@@ -329,14 +407,91 @@ phase_idle() {
 		read -r t0 n0 s0 _ <<<"$c0"
 		read -r t1 n1 s1 _ <<<"$c1"
 		awk -v dt=$((t1 - t0)) -v dn=$((n1 - n0)) -v ds=$((s1 - s0)) -v hz="$CLK_TCK" -v T="$T" -v n="${#pids[@]}" 'BEGIN {
-			printf "cpu_ms_stat %.2f\ncpu_ms_sched %.3f\ncswitch_per_s %.2f\n", dt * 1000 / hz, dn / 1e6, ds / T
+			printf "cpu_ticks %d\ncpu_ms_stat %.2f\ncpu_ms_sched %.3f\ncswitch_per_s %.2f\n", dt, dt * 1000 / hz, dn / 1e6, ds / T
 		}'
+		if [[ -n $c2 ]]; then
+			read -r t2 n2 s2 _ <<<"$c2"
+			read -r t3 n3 s3 _ <<<"$c3"
+			awk -v dt=$((t3 - t2)) -v dn=$((n3 - n2)) -v ds=$((s3 - s2)) -v T="$T" 'BEGIN {
+				printf "flood_ticks %d\nflood_ms_sched %.3f\nflood_cswitch_per_s %.2f\n", dt, dn / 1e6, ds / T
+			}'
+			printf 'flood_kmsg_lines %s\n' "$(grep -c '' "$WORK/kmsg-flood.$k" || true)"
+			printf 'flood_written %s\n' "$(awk '{ print $2 }' "$WORK/flood.$k")"
+		fi
 	} >"$WORK/idle.$k"
 
 	note "removing the $N containers"
 	for ((i = 0; i < N; i++)); do
 		remove_container "$PREFIX-$k-idle$i"
 	done
+}
+
+# OOM kill -> TaskOOM, runc then gVisor; lines go to $WORK/oomlat.tsv, and
+# oomguard's own timings of each TaskOOM to $WORK/oomlat-shim.tsv.
+phase_oom_latency() {
+	((O > 0)) || return 0
+	local common=(--ctr "$CTR_BIN" --address "$DIR/containerd.sock" --namespace "$NS"
+		--rootfs "$ROOTFS" --work "$WORK" --cgroup-parent "/$NS")
+	note "oom latency: $O rounds per runtime, interleaved (runc)"
+	"$BENCH_BIN" latency "${common[@]}" --runs "$O" \
+		--kind "stock,${RUNTIME[stock]}" --kind "oomguard,${RUNTIME[oomguard]}" \
+		>>"$WORK/oomlat.tsv" 2>>"$WORK/oomlat.err" || die "oomguard-bench latency failed: $(tail -5 "$WORK/oomlat.err")"
+	if [[ ${BENCH_GVISOR:-1} == 1 && -x $RUNSC_NEW ]]; then
+		note "oom latency: $O rounds per runtime, interleaved (gVisor)"
+		printf '#!/bin/sh\nexec %s --platform=ptrace --network=none "$@"\n' "$RUNSC_NEW" >"$WORK/runsc-ptrace"
+		chmod +x "$WORK/runsc-ptrace"
+		printf 'binary_name = "%s"\n[runsc_config]\nplatform = "ptrace"\nnetwork = "none"\n' "$RUNSC_NEW" >"$WORK/oomguard-runsc.toml"
+		"$BENCH_BIN" latency "${common[@]}" --runs "$O" --own-rootfs 1 --limit 67108864 --alloc-mb 200 \
+			--kind "stock-gvisor,${RUNTIME[stock]},--runc-binary,$WORK/runsc-ptrace" \
+			--kind "oomguard-gvisor,${RUNTIME[oomguard]},--runtime-config-path,$WORK/oomguard-runsc.toml" \
+			>>"$WORK/oomlat.tsv" 2>>"$WORK/oomlat.err" || die "oomguard-bench latency (gVisor) failed: $(tail -5 "$WORK/oomlat.err")"
+	fi
+	shim_oom_timings "$DIR/containerd.log" >"$WORK/oomlat-shim.tsv"
+}
+
+# "ID notification->publish_ms forward_ms" per TaskOOM of the latency
+# containers, from oomguard's log lines in containerd's log (the shim logs
+# at debug level under this containerd; its lines carry no container id).
+# One container OOMs at a time, so a TaskOOM's Forward is the first after
+# its publish line.
+shim_oom_timings() { # LOG
+	awk '
+		/publishing TaskOOM/ && match($0, /oom id=lat[^ ]*/) {
+			id = substr($0, RSTART + 7, RLENGTH - 7)
+			ms = "-"
+			if (match($0, /ms_after_notification=[0-9.]+/)) ms = substr($0, RSTART + 22, RLENGTH - 22)
+			next
+		}
+		id != "" && /topic=\/tasks\/oom/ && match($0, /forward_ms=[0-9.]+/) {
+			print id "\t" ms "\t" substr($0, RSTART + 11, RLENGTH - 11)
+			id = ""
+		}' "$1"
+}
+
+# S containers OOMing at once behind a barrier; lines go to $WORK/storm.tsv.
+phase_storm() {
+	((S > 0)) || return 0
+	note "storm: $S containers behind a barrier, per runtime"
+	"$BENCH_BIN" storm --ctr "$CTR_BIN" --address "$DIR/containerd.sock" --namespace "$NS" \
+		--rootfs "$ROOTFS" --work "$WORK" --cgroup-parent "/$NS" --count "$S" --parallel 4 \
+		--kind "stock,${RUNTIME[stock]}" --kind "oomguard,${RUNTIME[oomguard]}" \
+		>"$WORK/storm.tsv" 2>"$WORK/storm.err" || die "oomguard-bench storm failed: $(tail -5 "$WORK/storm.err")"
+}
+
+# The OOM latency rounds on cgroup v2, in the qemu lane; lines go to
+# $WORK/oomlat.tsv (kinds v2-stock, v2-oomguard) and $WORK/oomlat-shim.tsv.
+phase_v2() {
+	((O > 0)) && [[ ${BENCH_V2:-1} == 1 ]] || return 0
+	case $1 in 1.7 | 2) ;; *) return 0 ;; esac
+	note "cgroup v2: $O rounds per runtime in the qemu lane (containerd $1)"
+	if ! "$REPO/hack/v2/run.sh" --containerd "$1" --bench "$O" --shim "$OG_BIN" --bench-tool "$BENCH_BIN" \
+		"$WORK/v2" >"$WORK/v2.out" 2>&1; then
+		warn "the qemu lane's bench failed (no cgroup v2 rows): $(tail -3 "$WORK/v2.out")"
+		return 0
+	fi
+	sed -n 's/^OOMGUARD-BENCH latency\t\([a-z]*\)/latency\tv2-\1/p' "$WORK/v2/console.log" >>"$WORK/oomlat.tsv"
+	sed -n 's/^OOMGUARD-SHIM-LOG //p' "$WORK/v2/console.log" >"$WORK/v2-shim.log"
+	shim_oom_timings "$WORK/v2-shim.log" | sed 's/^/v2-/' >>"$WORK/oomlat-shim.tsv"
 }
 
 # ---------------------------------------------------------------- gVisor pod
@@ -524,6 +679,65 @@ row() { # LABEL STOCK OOMGUARD
 	printf '| %s | %s | %s | %s |\n' "$1" "$2" "$3" "$(ratio "$2" "$3")"
 }
 
+# "p50 p99 n ok" of column COL (4: TaskOOM ms, 8: kill counter ms) of
+# KIND's OOM latency runs (nearest rank), from oomlat.tsv.
+oom_stats() { # KIND [COL]
+	local col=${2:-4} nok
+	nok=$(awk -F'\t' -v k="$1" '$1 == "latency" && $2 == k { n++; if ($7 == "ok") ok++ } END { printf "%d %d", n, ok }' "$WORK/oomlat.tsv")
+	awk -F'\t' -v k="$1" -v c="$col" '$1 == "latency" && $2 == k && $c != "-" && $c != "" { print $c }' "$WORK/oomlat.tsv" >"$WORK/col"
+	pcts "$WORK/col" "$nok"
+}
+
+# "p50 p99 EXTRA" of the numbers in FILE (nearest rank); "- -" when none.
+pcts() { # FILE EXTRA
+	sort -g "$1" | awk -v x="$2" '{ v[++m] = $1 + 0 }
+		END {
+			if (m == 0) { printf "- - %s\n", x; exit }
+			i50 = int(0.5 * m); if (i50 < 0.5 * m) i50++
+			i99 = int(0.99 * m); if (i99 < 0.99 * m) i99++
+			printf "%.2f %.2f %s\n", v[i50], v[i99], x
+		}'
+}
+
+oom_rows() {
+	[[ -s $WORK/oomlat.tsv ]] || return 0
+	local label a b pre
+	local -a st os sk ok sh sf
+	for s in "stock:oomguard::runc, cgroup v1 (this host)" "stock-gvisor:oomguard-gvisor::gVisor (runsc, ptrace), cgroup v1" \
+		"v2-stock:v2-oomguard:v2-:runc, cgroup v2 (qemu lane, TCG)"; do
+		IFS=: read -r a b pre label <<<"$s"
+		grep -q "^latency	$a	" "$WORK/oomlat.tsv" || continue
+		read -r -a st <<<"$(oom_stats "$a")"
+		read -r -a os <<<"$(oom_stats "$b")"
+		read -r -a sk <<<"$(oom_stats "$a" 8)"
+		read -r -a ok <<<"$(oom_stats "$b" 8)"
+		row "OOM kill -> TaskOOM, $label, p50 ms" "${st[0]}" "${os[0]}"
+		row "OOM kill -> TaskOOM, $label, p99 ms" "${st[1]}" "${os[1]}"
+		printf '| (runs with one TaskOOM before TaskExit) | %s/%s | %s/%s | |\n' "${st[3]}" "${st[2]}" "${os[3]}" "${os[2]}"
+		printf '| (memcg OOM -> kill counter moved, as the measuring process saw it: p50 / p99 ms) | %s / %s | %s / %s | |\n' \
+			"${sk[0]}" "${sk[1]}" "${ok[0]}" "${ok[1]}"
+		if [[ $b != *gvisor && -s $WORK/oomlat-shim.tsv ]]; then
+			awk -F'\t' -v p="$pre" 'index($1, p) == 1 && (p != "" || $1 !~ /^v2-/) && $2 != "-" { print $2 }' "$WORK/oomlat-shim.tsv" >"$WORK/col"
+			read -r -a sh <<<"$(pcts "$WORK/col" "")"
+			awk -F'\t' -v p="$pre" 'index($1, p) == 1 && (p != "" || $1 !~ /^v2-/) { print $3 }' "$WORK/oomlat-shim.tsv" >"$WORK/col"
+			read -r -a sf <<<"$(pcts "$WORK/col" "")"
+			printf '| (oomguard: its notification -> TaskOOM queued, when not at once; Forward call: p50 / p99 ms) | | %s / %s; %s / %s | |\n' \
+				"${sh[0]}" "${sh[1]}" "${sf[0]}" "${sf[1]}"
+		fi
+	done
+}
+
+storm_rows() {
+	[[ -s $WORK/storm.tsv ]] || return 0
+	local -a a b
+	IFS=$'\t' read -r -a a <<<"$(awk -F'\t' '$2 == "stock"' "$WORK/storm.tsv")"
+	IFS=$'\t' read -r -a b <<<"$(awk -F'\t' '$2 == "oomguard"' "$WORK/storm.tsv")"
+	printf '| %s containers OOM at once: one TaskOOM before TaskExit | %s | %s | |\n' "$S" "${a[4]:--}" "${b[4]:--}"
+	printf '| %s containers OOM at once: exit 137 | %s | %s | |\n' "$S" "${a[5]:--}" "${b[5]:--}"
+	row "$S containers OOM at once: barrier release to last TaskExit, ms" "${a[6]:--}" "${b[6]:--}"
+	row "$S containers OOM at once: the shims' CPU from release to last TaskExit (with their children), ms" "${a[7]:--}" "${b[7]:--}"
+}
+
 report() {
 	local ver=$1 s o label f
 	local -a st os
@@ -535,43 +749,60 @@ report() {
 		"$([[ -e /sys/fs/cgroup/cgroup.controllers ]] && echo v2 || echo 'v1 (hybrid)')"
 	printf -- '- containerd: %s; runc: %s\n' "$("$CONTAINERD_BIN" --version | awk '{ print $3 }')" "$(runc --version | awk 'NR == 1 { print $3 }')"
 	printf -- '- oomguard: %s (git %s); stock: %s\n' "$OG_BIN" "$rev" "$STOCK_BIN"
-	printf -- '- N=%s idle containers, M=%s latency rounds (+%s warm-up, interleaved), T=%ss idle window\n' "$N" "$M" "$WARMUP" "$T"
+	printf -- '- N=%s idle containers, M=%s latency rounds (+%s warm-up, interleaved), T=%ss idle window, O=%s OOM rounds, F=%s kernel log lines/s, S=%s storm containers; phases: %s\n' \
+		"$N" "$M" "$WARMUP" "$T" "$O" "$F" "$S" "${PHASES:1:-1}"
 	printf -- '- load average before/after: %s / %s\n\n' "$LOAD0" "$(cut -d' ' -f1-3 /proc/loadavg)"
 
 	printf '| metric | stock (runc.v2) | oomguard | oomguard/stock |\n| --- | ---: | ---: | ---: |\n'
-	for f in "rm:ctr run --rm /bin/true (create+start+exit+delete)" "d:ctr run -d (create+start)" "del:ctr tasks delete -f + containers delete"; do
-		label=${f#*:}
-		read -r -a st <<<"$(stats "$WORK/lat-${f%%:*}.stock")"
-		read -r -a os <<<"$(stats "$WORK/lat-${f%%:*}.oomguard")"
-		row "$label, mean ms" "${st[0]}" "${os[0]}"
-		row "$label, median ms" "${st[1]}" "${os[1]}"
-		row "$label, p90 ms" "${st[2]}" "${os[2]}"
-	done
-	row "shim PSS per container, KiB" "$(val stock pss)" "$(val oomguard pss)"
-	row "shim RSS per container, KiB" "$(val stock rss)" "$(val oomguard rss)"
-	row "shim USS (private) per container, KiB" "$(val stock uss)" "$(val oomguard uss)"
-	row "shim anonymous PSS per container, KiB" "$(val stock anon)" "$(val oomguard anon)"
-	row "threads per shim (mean)" "$(val stock threads)" "$(val oomguard threads)"
-	row "threads per shim (max)" "$(val stock threads_max)" "$(val oomguard threads_max)"
-	row "idle CPU, all $N shims, ${T}s, ms (utime+stime)" "$(val stock cpu_ms_stat)" "$(val oomguard cpu_ms_stat)"
-	row "idle CPU, all $N shims, ${T}s, ms (schedstat)" "$(val stock cpu_ms_sched)" "$(val oomguard cpu_ms_sched)"
-	row "idle context switches/s, all $N shims" "$(val stock cswitch_per_s)" "$(val oomguard cswitch_per_s)"
-	printf '| (host kernel log lines during that window) | %s | %s | |\n' "$(val stock kmsg_lines)" "$(val oomguard kmsg_lines)"
+	if [[ -s $WORK/lat-rm.stock ]]; then
+		for f in "rm:ctr run --rm /bin/true (create+start+exit+delete)" "d:ctr run -d (create+start)" "del:ctr tasks delete -f + containers delete"; do
+			label=${f#*:}
+			read -r -a st <<<"$(stats "$WORK/lat-${f%%:*}.stock")"
+			read -r -a os <<<"$(stats "$WORK/lat-${f%%:*}.oomguard")"
+			row "$label, mean ms" "${st[0]}" "${os[0]}"
+			row "$label, median ms" "${st[1]}" "${os[1]}"
+			row "$label, p90 ms" "${st[2]}" "${os[2]}"
+		done
+	fi
+	if [[ -s $WORK/idle.stock ]]; then
+		row "shim PSS per container, KiB" "$(val stock pss)" "$(val oomguard pss)"
+		row "shim RSS per container, KiB" "$(val stock rss)" "$(val oomguard rss)"
+		row "shim USS (private) per container, KiB" "$(val stock uss)" "$(val oomguard uss)"
+		row "shim anonymous PSS per container, KiB" "$(val stock anon)" "$(val oomguard anon)"
+		row "threads per shim (mean)" "$(val stock threads)" "$(val oomguard threads)"
+		row "threads per shim (max)" "$(val stock threads_max)" "$(val oomguard threads_max)"
+		row "idle CPU, all $N shims, ${T}s, ticks (1/$CLK_TCK s)" "$(val stock cpu_ticks)" "$(val oomguard cpu_ticks)"
+		row "idle CPU, all $N shims, ${T}s, ms (utime+stime)" "$(val stock cpu_ms_stat)" "$(val oomguard cpu_ms_stat)"
+		row "idle CPU, all $N shims, ${T}s, ms (schedstat)" "$(val stock cpu_ms_sched)" "$(val oomguard cpu_ms_sched)"
+		row "idle context switches/s, all $N shims" "$(val stock cswitch_per_s)" "$(val oomguard cswitch_per_s)"
+		printf '| (host kernel log lines during that window) | %s | %s | |\n' "$(val stock kmsg_lines)" "$(val oomguard kmsg_lines)"
+		if [[ -n $(val oomguard flood_ticks) ]]; then
+			row "idle CPU, all $N shims, ${T}s under $F kernel log lines/s, ticks" "$(val stock flood_ticks)" "$(val oomguard flood_ticks)"
+			row "idle CPU, all $N shims, ${T}s under $F kernel log lines/s, ms (schedstat)" "$(val stock flood_ms_sched)" "$(val oomguard flood_ms_sched)"
+			row "idle context switches/s, all $N shims, under the flood" "$(val stock flood_cswitch_per_s)" "$(val oomguard flood_cswitch_per_s)"
+			printf '| (kernel log lines in the flood window: written / seen) | %s / %s | %s / %s | |\n' \
+				"$(val stock flood_written)" "$(val stock flood_kmsg_lines)" "$(val oomguard flood_written)" "$(val oomguard flood_kmsg_lines)"
+		fi
+	fi
+	oom_rows
+	storm_rows
 	s=$(stat -L -c %s "$STOCK_BIN")
 	o=$(stat -L -c %s "$OG_BIN")
 	row "binary size, KiB" "$((s / 1024))" "$((o / 1024))"
 	printf '\n'
-	if [[ $(val stock shims) != "$N" || $(val oomguard shims) != "$N" ]]; then
+	if [[ -s $WORK/idle.stock ]] && [[ $(val stock shims) != "$N" || $(val oomguard shims) != "$N" ]]; then
 		printf 'Warning: shim processes found for %s containers: stock %s, oomguard %s.\n\n' "$N" "$(val stock shims)" "$(val oomguard shims)"
 	fi
 
-	printf 'Reference floors (no shim involved), ms: mean / median / p90\n\n'
-	printf '| floor | mean | median | p90 |\n| --- | ---: | ---: | ---: |\n'
-	read -r -a st <<<"$(stats "$WORK/floor-ctr")"
-	printf '| ctr version (client start-up + 1 RPC) | %s | %s | %s |\n' "${st[0]}" "${st[1]}" "${st[2]}"
-	if [[ -s $WORK/floor-runc ]]; then
-		read -r -a st <<<"$(stats "$WORK/floor-runc")"
-		printf '| runc run /bin/true (no containerd) | %s | %s | %s |\n' "${st[0]}" "${st[1]}" "${st[2]}"
+	if [[ -s $WORK/floor-ctr ]]; then
+		printf 'Reference floors (no shim involved), ms: mean / median / p90\n\n'
+		printf '| floor | mean | median | p90 |\n| --- | ---: | ---: | ---: |\n'
+		read -r -a st <<<"$(stats "$WORK/floor-ctr")"
+		printf '| ctr version (client start-up + 1 RPC) | %s | %s | %s |\n' "${st[0]}" "${st[1]}" "${st[2]}"
+		if [[ -s $WORK/floor-runc ]]; then
+			read -r -a st <<<"$(stats "$WORK/floor-runc")"
+			printf '| runc run /bin/true (no containerd) | %s | %s | %s |\n' "${st[0]}" "${st[1]}" "${st[2]}"
+		fi
 	fi
 	if [[ -s $WORK/gv-sample ]]; then
 		report_gvisor
@@ -624,6 +855,15 @@ else
 		die "build failed"
 	SHIM_DIR=${CARGO_TARGET_DIR:-$REPO/target}/release
 fi
+if [[ -n ${OOMGUARD_BENCH_BIN:-} ]]; then
+	BENCH_BIN=$OOMGUARD_BENCH_BIN
+else
+	(cd "$REPO" && run_logged "$CACHE/logs/bench-build.log" "${CARGO:-cargo}" build --release -p oomguard-bench) ||
+		die "build of oomguard-bench failed"
+	BENCH_BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/oomguard-bench
+fi
+[[ -x $BENCH_BIN ]] || die "$BENCH_BIN does not exist"
+BENCH_BIN=$(realpath -- "$BENCH_BIN")
 SHIM_DIR=$(realpath -- "$SHIM_DIR")
 OG_BIN="$SHIM_DIR/containerd-shim-oomguard-v2"
 [[ -x $OG_BIN ]] || die "$OG_BIN does not exist"
@@ -639,17 +879,25 @@ for VER in "${VERS[@]}"; do
 	note "containerd $VER in $DIR, shim from $SHIM_DIR"
 	"$REPO/hack/containerd.sh" start "$VER" "$DIR" "$SHIM_DIR" >/dev/null
 
-	phase_latency
-	phase_floors
-	for k in "${KINDS[@]}"; do
-		phase_idle "$k"
-	done
-	phase_gvisor
+	if phase latency; then
+		phase_latency
+		phase_floors
+	fi
+	phase oom && phase_oom_latency
+	if phase idle; then
+		for k in "${KINDS[@]}"; do
+			phase_idle "$k"
+		done
+	fi
+	phase storm && phase_storm
+	phase v2 && phase_v2 "$VER"
+	phase gvisor && phase_gvisor
 
 	out="$CACHE/bench/results-$VER.md"
 	report "$VER" >"$out"
 	for k in "${KINDS[@]}"; do
 		for f in "$WORK"/lat-*."$k" "$WORK/idle-start.$k"; do
+			[[ -e $f ]] || continue
 			m=${f##*/}
 			awk -v m="${m%."$k"}" -v k="$k" '{ print m "\t" k "\t" $1 }' "$f"
 		done
@@ -657,6 +905,9 @@ for VER in "${VERS[@]}"; do
 	for f in floor-ctr floor-runc; do
 		[[ -s $WORK/$f ]] && awk -v m="$f" '{ print m "\t-\t" $1 }' "$WORK/$f"
 	done >>"$CACHE/bench/samples-$VER.tsv"
+	[[ ! -s $WORK/oomlat.tsv ]] || cp "$WORK/oomlat.tsv" "$CACHE/bench/oom-latency-$VER.tsv"
+	[[ ! -s $WORK/oomlat-shim.tsv ]] || cp "$WORK/oomlat-shim.tsv" "$CACHE/bench/oom-latency-shim-$VER.tsv"
+	[[ ! -s $WORK/storm.tsv ]] || cp "$WORK/storm.tsv" "$CACHE/bench/storm-$VER.tsv"
 	if [[ -s $WORK/gv-runaway ]]; then
 		cp "$WORK/gv-runaway" "$CACHE/bench/gvisor-runaway-$VER.txt"
 		cp "$WORK/gv-runaway.log" "$CACHE/bench/gvisor-runaway-$VER.log"

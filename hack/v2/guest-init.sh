@@ -9,6 +9,11 @@
 # children, then run /payload/test.sh (from the payload cpio that
 # hack/v2/run.sh appends) and power off. Every line the lane relies on starts
 # with OOMGUARD-.
+# With oomguard_cgroup=v1 on the kernel command line (run.sh --cgroup v1,
+# which also leaves out cgroup_no_v1=all), the cgroups are mounted the way a
+# hybrid host has them instead: a tmpfs on /sys/fs/cgroup, one v1 hierarchy
+# per controller under it, and cgroup2 (no controllers) on
+# /sys/fs/cgroup/unified.
 export PATH=/bin:/sbin:/usr/bin:/usr/sbin
 
 if [ "$1" != stage2 ]; then
@@ -37,12 +42,28 @@ mount -t tmpfs -o mode=1777 tmpfs /dev/shm
 mount -t tmpfs -o mode=0755 tmpfs /run || fail "mount /run"
 mount -t tmpfs -o mode=1777 tmpfs /tmp || fail "mount /tmp"
 mount -t tmpfs -o mode=0711 tmpfs /var/lib/containerd || fail "mount /var/lib/containerd"
-mount -t cgroup2 cgroup2 /sys/fs/cgroup || fail "mount cgroup2"
-echo "+memory +pids" >/sys/fs/cgroup/cgroup.subtree_control || fail "enable +memory +pids"
+if [ "${oomguard_cgroup:-v2}" = v1 ]; then
+	mount -t tmpfs -o mode=0755 tmpfs /sys/fs/cgroup || fail "mount tmpfs on /sys/fs/cgroup"
+	for c in cpu cpuacct cpuset memory devices freezer blkio pids; do
+		grep -q "^${c}[[:space:]]" /proc/cgroups || continue
+		mkdir -p /sys/fs/cgroup/$c
+		mount -t cgroup -o $c cgroup /sys/fs/cgroup/$c || fail "mount the v1 $c hierarchy"
+	done
+	mkdir -p /sys/fs/cgroup/unified
+	mount -t cgroup2 cgroup2 /sys/fs/cgroup/unified || fail "mount cgroup2 on /sys/fs/cgroup/unified"
+	controllers="v1:"
+	for d in /sys/fs/cgroup/*; do
+		[ "$d" = /sys/fs/cgroup/unified ] || controllers="$controllers ${d##*/}"
+	done
+else
+	mount -t cgroup2 cgroup2 /sys/fs/cgroup || fail "mount cgroup2"
+	echo "+memory +pids" >/sys/fs/cgroup/cgroup.subtree_control || fail "enable +memory +pids"
+	controllers=$(cat /sys/fs/cgroup/cgroup.subtree_control)
+fi
 ip link set lo up 2>/dev/null
 hostname oomguard-v2
 
-echo "OOMGUARD-BOOT kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime) cpus=$(nproc) mem_kb=$(awk '/^MemTotal/ { print $2 }' /proc/meminfo) controllers=\"$(cat /sys/fs/cgroup/cgroup.subtree_control)\""
+echo "OOMGUARD-BOOT kernel=$(uname -r) uptime=$(cut -d' ' -f1 /proc/uptime) cpus=$(nproc) mem_kb=$(awk '/^MemTotal/ { print $2 }' /proc/meminfo) controllers=\"$controllers\""
 if [ -x /payload/test.sh ]; then
 	/payload/test.sh
 	echo "OOMGUARD-EXIT rc=$? uptime=$(cut -d' ' -f1 /proc/uptime)"

@@ -1,8 +1,13 @@
 #!/bin/sh
 # The cgroup v2 lane's scenarios, run inside the VM (busybox sh) by /init as
 # /payload/test.sh. hack/v2/run.sh puts it in the payload together with
-# /payload/env (VERSION, REPEAT, REPEAT_PAR, SCENARIOS, RUNTIMES, SERIAL, DUMP)
-# and the shim.
+# /payload/env (VERSION, REPEAT, REPEAT_PAR, SCENARIOS, RUNTIMES, SERIAL, DUMP,
+# CGROUP, BENCH) and the shim.
+#
+# CGROUP=v1: the memory controller is on cgroup v1 (guest-init.sh mounted the
+# hierarchies as a hybrid host has them). BENCH=N: no scenarios; N rounds of
+# `oomguard-bench latency` (stock shim and oomguard interleaved) instead,
+# each line printed as OOMGUARD-BENCH.
 #
 # A private containerd of VERSION runs with /payload/bin (the oomguard shim)
 # first on its PATH, `ctr events` is captured, and every scenario runs under
@@ -13,12 +18,13 @@
 #   OOMGUARD-PLAN <n>            results this run will print
 #   OOMGUARD-STEP <scenario> <seconds>
 #   OOMGUARD-RESULT <scenario> <runtime> exit=<ctr's exit code> events=<topics>
-#       oom_kill=<n|-> id=<container id> exits=<process:status,...>
+#       oom_kill=<n|-> id=<container id> exits=<process:status,...> secs=<s|->
 #     events: the /tasks/* topics of that container in the order `ctr events`
 #     printed them ("-": none); oom_kill: memory.events of the container's
 #     parent cgroup (hierarchical, so it survives the container's own cgroup;
-#     "-": unreadable); exits: every /tasks/exit of the container, exec id or
-#     container id, ':', exit_status.
+#     "-": unreadable, and always on v1, whose counters are not hierarchical);
+#     exits: every /tasks/exit of the container, exec id or container id,
+#     ':', exit_status; secs: how long `ctr run` took ("-": not timed).
 #   OOMGUARD-DONE <n>            number of RESULT lines printed
 #   OOMGUARD-ERROR ...           the lane itself broke
 #   OOMGUARD-LOG ...             the oomguard shim's verdict lines, errors
@@ -26,7 +32,14 @@
 set -u
 . /payload/env
 : "${VERSION:=1.7}" "${REPEAT:=3}" "${REPEAT_PAR:=1}" "${RUNTIMES:=runc oomguard}"
-: "${SCENARIOS:=init-oom child-oom-group-on child-oom-group-off kgroup-on kgroup-off parent-limit clean-exit kill-9 exec-sigterm twenty rm-gone repeat}"
+: "${SCENARIOS:=init-oom child-oom-group-on child-oom-group-off kgroup-on kgroup-off parent-limit clean-exit kill-9 exec-sigterm twenty rm-gone global-oom repeat}"
+: "${CGROUP:=v2}" "${BENCH:=0}" "${GLOBAL_REPEAT:=1}"
+# Where a cgroup path's memcg is.
+CGROOT=/sys/fs/cgroup
+[ "$CGROUP" = v1 ] && CGROOT=/sys/fs/cgroup/memory
+# How long the global-oom container sleeps after its dd was killed: only a
+# live TaskOOM (and oom_group's kill) ends it sooner.
+GLOBAL_SLEEP=300
 RUNTIMES=$(echo "$RUNTIMES" | tr ',' ' ')
 SCENARIOS=$(echo "$SCENARIOS" | tr ',' ' ')
 
@@ -66,8 +79,9 @@ rtype() {
 # Which runtimes a scenario runs under, and how many containers it makes.
 runtimes_for() {
 	case $1 in
-	# The oomguard TOML file means nothing to the stock shim.
-	child-oom-group-off) echo "$RUNTIMES" | tr ' ' '\n' | grep -x oomguard ;;
+	# The oomguard TOML file means nothing to the stock shim. The stock shim
+	# would sleep out the global OOM container (nothing ends it early).
+	child-oom-group-off | global-oom) echo "$RUNTIMES" | tr ' ' '\n' | grep -x oomguard ;;
 	*) echo "$RUNTIMES" ;;
 	esac
 }
@@ -75,6 +89,7 @@ count_for() {
 	case $1 in
 	twenty) echo 20 ;;
 	repeat) echo "$REPEAT" ;;
+	global-oom) echo "$GLOBAL_REPEAT" ;;
 	*) echo 1 ;;
 	esac
 }
@@ -151,15 +166,15 @@ for sc in $SCENARIOS; do
 	n=$(count_for $sc)
 	for rt in $(runtimes_for $sc); do plan=$((plan + n)); done
 done
-echo "OOMGUARD-PLAN $plan"
+[ "$BENCH" != 0 ] || echo "OOMGUARD-PLAN $plan"
 
-# record ID SCENARIO RUNTIME EXIT CGROUP_DIR
+# record ID SCENARIO RUNTIME EXIT CGROUP_DIR [SECS]
 record() {
 	_k=-
 	if [ -r "$5/memory.events" ]; then
 		_k=$(awk '$1 == "oom_kill" { print $2 }' "$5/memory.events")
 	fi
-	echo "$1 $2 $3 $4 ${_k:--}" >>$REC
+	echo "$1 $2 $3 $4 ${_k:--} ${6:--}" >>$REC
 	# anything ctr or the container printed (errors, "Killed"), for the console
 	if [ -s $W/$1.out ]; then
 		head -c 600 $W/$1.out | tr '\n' ' ' | sed "s/^/OOMGUARD-OUT $1: /"
@@ -172,9 +187,11 @@ record() {
 run_one() {
 	_sc=$1 _rt=$2 _id=$3 _cg=$4 _cmd=$5
 	shift 5
-	mkdir -p /sys/fs/cgroup$_cg
+	mkdir -p $CGROOT$_cg
+	_t0=$(now)
 	ctr run --rm --runtime "$(rtype $_rt)" --cgroup $_cg/c "$@" --rootfs $R $_id /bin/sh -c "$_cmd" </dev/null >$W/$_id.out 2>&1
-	record $_id $_sc $_rt $? /sys/fs/cgroup$_cg
+	_rc=$?
+	record $_id $_sc $_rt $_rc $CGROOT$_cg "$(awk -v a="$_t0" -v b="$(now)" 'BEGIN { printf "%.1f", b - a }')"
 }
 
 # spec_file FILE ID OOM_GROUP CMD: a complete OCI spec for `ctr run --config`
@@ -237,9 +254,9 @@ sc_kgroup() { # RUNTIME 0|1
 	_sc=kgroup-on
 	[ "$2" = 1 ] || _sc=kgroup-off
 	spec_file $W/$_id.json $_id "$2" "$DD; exit 0"
-	mkdir -p /sys/fs/cgroup/og/$_id
+	mkdir -p $CGROOT/og/$_id
 	ctr run --rm --runtime "$(rtype $1)" --config $W/$_id.json $_id </dev/null >$W/$_id.out 2>&1
-	record $_id $_sc $1 $? /sys/fs/cgroup/og/$_id
+	record $_id $_sc $1 $? $CGROOT/og/$_id
 }
 sc_kgroup_on() { sc_kgroup $1 1; }
 sc_kgroup_off() { sc_kgroup $1 0; }
@@ -259,7 +276,7 @@ sc_clean_exit() {
 # start_bg ID CGPARENT RUNTIME: ctr run (foreground, in the background) of a sleeper,
 # waits for /tasks/start. Sets BG_PID.
 start_bg() {
-	mkdir -p /sys/fs/cgroup$2
+	mkdir -p $CGROOT$2
 	ctr run --rm --runtime "$(rtype $3)" --cgroup $2/c --memory-limit $LIMIT --rootfs $R $1 /bin/sleep 1000 </dev/null >$W/$1.out 2>&1 &
 	BG_PID=$!
 	wait_event $1 /tasks/start || fault $3 "$1 did not start"
@@ -271,7 +288,7 @@ sc_kill_9() {
 	start_bg $_id /og/$_id $1
 	ctr task kill -s SIGKILL $_id >>$W/$_id.out 2>&1 || fault $1 "ctr task kill $_id failed"
 	wait $BG_PID
-	record $_id kill-9 $1 $? /sys/fs/cgroup/og/$_id
+	record $_id kill-9 $1 $? $CGROOT/og/$_id
 }
 
 # SIGTERM to an exec process: the exec exits 143 (recorded), then the init is
@@ -288,7 +305,7 @@ sc_exec_sigterm() {
 	ctr task kill -s SIGKILL $_id >>$W/$_id.out 2>&1 || fault $1 "ctr task kill $_id failed"
 	wait $BG_PID
 	cat $W/$_id.exec.out >>$W/$_id.out
-	record $_id exec-sigterm $1 $_ecode /sys/fs/cgroup/og/$_id
+	record $_id exec-sigterm $1 $_ecode $CGROOT/og/$_id
 }
 
 # 20 containers OOMing at once.
@@ -311,8 +328,8 @@ sc_rm_gone() {
 	_id=rm-$1
 	ctr -n $_ns run --rm --runtime "$(rtype $1)" --memory-limit $LIMIT --rootfs $R $_id /bin/sh -c "$DD" </dev/null >$W/$_id.out 2>&1
 	_code=$?
-	[ -d /sys/fs/cgroup/$_ns/$_id ] && echo "OOMGUARD-INFO /sys/fs/cgroup/$_ns/$_id still exists after ctr run --rm"
-	record $_id rm-gone $1 $_code /sys/fs/cgroup/$_ns
+	[ -d $CGROOT/$_ns/$_id ] && echo "OOMGUARD-INFO $CGROOT/$_ns/$_id still exists after ctr run --rm"
+	record $_id rm-gone $1 $_code $CGROOT/$_ns
 }
 
 # The init OOM, REPEAT times (REPEAT_PAR at once).
@@ -330,6 +347,43 @@ sc_repeat() {
 		for _p in $_pids; do wait $_p; done
 	done
 }
+
+# A global (VM-wide) OOM kill of a process that is not the container's
+# init: the container has no limit of its own; dd asks for nearly all of the
+# VM's memory (under MemTotal, so the allocation itself is allowed) and the
+# kernel's global OOM killer takes it, the largest process; the shell then
+# sleeps. No memcg notification fires (on v1 only the kernel log and the
+# counter tell); a live TaskOOM and oom_group's kill end the container long
+# before the sleep would. Runs alone (the scenario loop runs one at a time).
+sc_global_oom() {
+	_i=1
+	while [ $_i -le "$GLOBAL_REPEAT" ]; do
+		# More than is available (a global OOM), less than MemTotal (allowed),
+		# and no more than needed: zeroing memory is slow under TCG.
+		_mb=$(awk '/^MemTotal/ { t = $2 } /^MemAvailable/ { a = $2 } END { m = a * 1.1 + 65536; if (m > t * 0.95) m = t * 0.95; printf "%d", m / 1024 }' /proc/meminfo)
+		run_one global-oom $1 global-$1-$_i /og/global-$1-$_i "dd if=/dev/zero of=/dev/null bs=${_mb}M count=1; sleep $GLOBAL_SLEEP"
+		echo "OOMGUARD-INFO global-oom $_i: dd of ${_mb} MB"
+		_i=$((_i + 1))
+	done
+}
+
+# ------------------------------------------------------------------ bench
+# (busybox sed has no -u: each line is echoed as it comes instead)
+if [ "$BENCH" != 0 ]; then
+	echo "OOMGUARD-PLAN 0"
+	echo "OOMGUARD-INFO bench: $BENCH rounds of oomguard-bench latency (cgroup $CGROUP)"
+	mkdir -p $W/bench
+	oomguard-bench latency --ctr "$(command -v ctr)" --address /run/containerd/containerd.sock \
+		--namespace bench --rootfs $R --work $W/bench --cgroup-parent /ogbench \
+		--kind stock,io.containerd.runc.v2 --kind oomguard,io.containerd.oomguard.v2 \
+		--runs "$BENCH" 2>$W/bench.err | while IFS= read -r l; do echo "OOMGUARD-BENCH $l"; done
+	sed 's/^/OOMGUARD-INFO bench: /' $W/bench.err
+	# oomguard's own timings of each TaskOOM (hack/bench.sh reads them)
+	grep -E 'publishing TaskOOM|topic=/tasks/oom .*forward_ms' $W/containerd.log | sed 's/^/OOMGUARD-SHIM-LOG /'
+	echo "OOMGUARD-DONE 0"
+	kill $CTD_PID $EV_PID 2>/dev/null
+	exit 0
+fi
 
 # ------------------------------------------------------------------ run
 # A heartbeat, so a slow run (TCG on a busy host) can be told from a hung one.
@@ -394,17 +448,19 @@ END {
 	for (k = 1; k <= n; k++) {
 		id = ids[k]
 		split(rec[id], f, " ")
-		printf "OOMGUARD-RESULT %s %s exit=%s events=%s oom_kill=%s id=%s exits=%s\n", f[2], f[3], f[4], (id in ev ? ev[id] : "-"), f[5], id, (id in ex ? ex[id] : "-")
+		printf "OOMGUARD-RESULT %s %s exit=%s events=%s oom_kill=%s id=%s exits=%s secs=%s\n", f[2], f[3], f[4], (id in ev ? ev[id] : "-"), f[5], id, (id in ex ? ex[id] : "-"), f[6]
 	}
 	print "OOMGUARD-DONE " n
 }' $EV
 
 # What the shim decided, and what the kernel did.
-grep -E 'verdict|level=error' $W/containerd.log | grep -v 'warm-' | head -n 400 | cut -c1-400 | sed 's/^/OOMGUARD-LOG /'
+grep -E 'verdict|level=error|pressure:|publishing TaskOOM' $W/containerd.log | grep -v 'warm-' | head -n 400 | cut -c1-400 | sed 's/^/OOMGUARD-LOG /'
 memcg=$(dmesg | grep -c 'Memory cgroup out of memory: Killed process')
 global=$(dmesg | grep 'Out of memory: Killed process' | grep -vc 'Memory cgroup')
-echo "OOMGUARD-KMSG memcg_kills=$memcg global_kills=$global"
-[ "$global" = 0 ] || err "the VM itself ran out of memory ($global global OOM kills): give it more (run.sh --mem)"
+planned=$(awk '$2 == "global-oom"' $REC | wc -l)
+echo "OOMGUARD-KMSG memcg_kills=$memcg global_kills=$global global_oom_scenarios=$planned"
+dmesg | grep 'Out of memory: Killed process' | grep -v 'Memory cgroup' | cut -c1-200 | sed 's/^/OOMGUARD-INFO global OOM kill: /'
+[ "$global" = "$planned" ] || err "the VM had $global global OOM kills, $planned planned (global-oom): give it more memory (run.sh --mem)"
 if [ -n "${DUMP:-}" ]; then
 	sed 's/^/OOMGUARD-EV /' $EV
 	sed 's/^/OOMGUARD-CTD /' $W/containerd.log

@@ -10,7 +10,16 @@
 #                      is stripped on the way into the payload
 #   --repeat N         how many times the repeated init OOM runs per runtime (default 3)
 #   --repeat-par K     how many of those run at once (default 1)
+#   --global-repeat N  how many times the global-oom scenario runs (default 1)
 #   --scenarios LIST   comma-separated subset (default: all; see guest-test.sh)
+#   --cgroup v1|v2     v2 (default): boot with cgroup_no_v1=all, cgroup2 on
+#                      /sys/fs/cgroup; v1: the memory controller on cgroup v1,
+#                      mounted the way a hybrid host has it (guest-init.sh)
+#   --bench N          instead of the scenarios: N rounds of the OOM kill ->
+#                      TaskOOM latency benchmark, stock shim and oomguard
+#                      interleaved (OOMGUARD-BENCH lines; see hack/bench.sh)
+#   --bench-tool PATH  the oomguard-bench binary for --bench (default:
+#                      $OOMGUARD_BENCH_BIN, else target/release/oomguard-bench)
 #   --runtimes LIST    comma-separated subset of runc,oomguard (default: both)
 #   --timeout S        kill the VM after S seconds (default 900 + 10 s per repeat;
 #                      a run takes ~3 min on an idle 2-core host, TCG on a busy
@@ -39,9 +48,13 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
 
 version=1.7
+cgroup=v2
+bench=0
+bench_tool=${OOMGUARD_BENCH_BIN:-}
 shim=""
 repeat=3
 repeat_par=1
+global_repeat=1
 scenarios=""
 runtimes="runc,oomguard"
 timeout_s=""
@@ -58,7 +71,11 @@ while (($#)); do
 	--shim) shim=${2:?}; shift ;;
 	--repeat) repeat=${2:?}; shift ;;
 	--repeat-par) repeat_par=${2:?}; shift ;;
+	--global-repeat) global_repeat=${2:?}; shift ;;
 	--scenarios) scenarios=${2:?}; shift ;;
+	--cgroup) cgroup=${2:?}; shift ;;
+	--bench) bench=${2:?}; shift ;;
+	--bench-tool) bench_tool=${2:?}; shift ;;
 	--runtimes) runtimes=${2:?}; shift ;;
 	--timeout) timeout_s=${2:?}; shift ;;
 	--mem) mem=${2:?}; shift ;;
@@ -77,7 +94,14 @@ while (($#)); do
 	shift
 done
 case $version in 1.7 | 2) ;; *) die "--containerd must be 1.7 or 2 (the base initramfs holds those two)" ;; esac
-[[ $repeat =~ ^[0-9]+$ && $repeat_par =~ ^[1-9][0-9]*$ ]] || die "--repeat and --repeat-par take numbers"
+[[ $repeat =~ ^[0-9]+$ && $repeat_par =~ ^[1-9][0-9]*$ && $global_repeat =~ ^[1-9][0-9]*$ ]] ||
+	die "--repeat, --repeat-par and --global-repeat take numbers"
+case $cgroup in v1 | v2) ;; *) die "--cgroup must be v1 or v2" ;; esac
+[[ $bench =~ ^[0-9]+$ ]] || die "--bench takes a number of rounds"
+if ((bench)); then
+	: "${bench_tool:=$REPO/target/release/oomguard-bench}"
+	[[ -x $bench_tool ]] || die "no oomguard-bench at $bench_tool (cargo build --release -p oomguard-bench, or --bench-tool PATH)"
+fi
 : "${timeout_s:=$((900 + 10 * repeat))}"
 need_root
 
@@ -123,14 +147,24 @@ for lib in $(ldd "$shim" 2>/dev/null | awk '/=> \// { print $3 } /^[ \t]*\// { p
 	cp -L "$lib" "$p$lib"
 done
 install -m 0755 "$REPO/hack/v2/guest-test.sh" "$p/payload/test.sh"
+# This run's /init, over the base's (the kernel unpacks the archives in
+# order): .cache/v2 is shared, and may hold another checkout's base.
+install -m 0755 "$REPO/hack/v2/guest-init.sh" "$p/init"
+if ((bench)); then
+	cp "$bench_tool" "$p/payload/bin/oomguard-bench"
+	chmod 0755 "$p/payload/bin/oomguard-bench"
+fi
 {
 	printf 'VERSION=%s\n' "$version"
 	printf 'REPEAT=%s\n' "$repeat"
 	printf 'REPEAT_PAR=%s\n' "$repeat_par"
+	printf 'GLOBAL_REPEAT=%s\n' "$global_repeat"
 	printf 'RUNTIMES="%s"\n' "${runtimes//,/ }"
 	[[ -z $scenarios ]] || printf 'SCENARIOS="%s"\n' "${scenarios//,/ }"
 	((!dump)) || printf 'DUMP=1\n'
 	((!serial)) || printf 'SERIAL=1\n'
+	printf 'CGROUP=%s\n' "$cgroup"
+	((!bench)) || printf 'BENCH=%s\n' "$bench"
 } >"$p/payload/env"
 (cd "$p" && find . -mindepth 1 | LC_ALL=C sort | /bin/busybox cpio -o -H newc >"$work/payload.cpio" 2>/dev/null) ||
 	die "cpio of the payload failed"
@@ -143,7 +177,12 @@ cat "$BASE" "$ctd_part" "$work/payload.cpio" >"$work/initrd.cpio"
 # softlockup_panic: a guest CPU stuck in the kernel (seen once under TCG: both
 # vCPUs spinning in runc from the first container on) panics at once, and
 # -no-reboot ends qemu, instead of hanging until the timeout.
-append="console=ttyS0 panic=-1 softlockup_panic=1 cgroup_no_v1=all mitigations=off log_buf_len=8M"
+append="console=ttyS0 panic=-1 softlockup_panic=1 mitigations=off log_buf_len=8M"
+if [[ $cgroup == v1 ]]; then
+	append+=" oomguard_cgroup=v1"
+else
+	append+=" cgroup_no_v1=all"
+fi
 ((kmsg)) || append+=" loglevel=3"
 # shellcheck disable=SC2054 # the commas are qemu's
 qemu=(
@@ -156,7 +195,7 @@ log="$work/console.log"
 attempts=2 # a guest kernel lockup is the emulator's fault, not a result: boot once more
 start=$(date +%s.%N)
 for ((attempt = 1; attempt <= attempts; attempt++)); do
-	note "booting $KERNEL_VERSION (containerd $version, shim $shim, repeat $repeat) in $work; timeout ${timeout_s}s; attempt $attempt of $attempts"
+	note "booting $KERNEL_VERSION (cgroup $cgroup, containerd $version, shim $shim, repeat $repeat) in $work; timeout ${timeout_s}s; attempt $attempt of $attempts"
 	rm -f "$fifo"
 	mkfifo "$fifo"
 	# (sed -u: line by line, so the console shows up as it happens)
@@ -192,9 +231,13 @@ results=$(grep -c '^OOMGUARD-RESULT ' "$log" || true)
 [[ -z $plan || -z $done_n || $plan == "$done_n" ]] || problems+=("planned $plan results, DONE says $done_n")
 [[ -z $done_n || $done_n == "$results" ]] || problems+=("DONE says $done_n results, $results OOMGUARD-RESULT lines arrived")
 while IFS= read -r line; do problems+=("${line#OOMGUARD-}"); done < <(grep '^OOMGUARD-ERROR' "$log" || true)
+if ((bench)); then
+	got=$(grep -c '^OOMGUARD-BENCH latency' "$log" || true)
+	((got == 2 * bench)) || problems+=("bench: $got latency lines, expected $((2 * bench))")
+fi
 
 echo
-echo "== summary: containerd $version, ${elapsed}s wall, $results results"
+echo "== summary: cgroup $cgroup, containerd $version, ${elapsed}s wall, $results results"
 awk '/^OOMGUARD-RESULT / {
 	ev = ""; ex = ""; ok = ""
 	for (i = 4; i <= NF; i++) {

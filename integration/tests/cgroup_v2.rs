@@ -6,6 +6,11 @@
 //! scenario under the stock shim (`runc`) and oomguard; each test below reads
 //! that VM's `OOMGUARD-RESULT` lines.
 //!
+//! A third VM boots the same kernel with its memory controller on cgroup v1,
+//! mounted the way this host has it (hybrid), for what cannot be provoked
+//! on a shared host: a global (VM-wide) OOM kill of a container process
+//! that is not its init, which on v1 fires no memcg notification.
+//!
 //! Environment:
 //! - `OOMGUARD_SHIM_DIR`: where `containerd-shim-oomguard-v2` is (default
 //!   `target/debug`).
@@ -13,6 +18,8 @@
 //!   per runtime.
 //! - `OOMGUARD_V2_SOAK=N` (e.g. 200): the soak; the init OOM repeats N times,
 //!   `OOMGUARD_V2_SOAK_PAR` (default 4) at once.
+//! - `OOMGUARD_V1_GLOBAL_REPEAT` (default 1): how many times the cgroup v1
+//!   VM runs the global OOM (each takes ~30 s under TCG).
 //! - `OOMGUARD_V2_PARALLEL=1`: boot both containerd versions' VMs at once
 //!   (default: one after the other, so the VMs' timing does not depend on the
 //!   test threads).
@@ -32,8 +39,43 @@ macro_rules! on_each_containerd {
     };
 }
 
+/// The cgroup v1 VM (containerd 1.7).
+mod cgroup_v1 {
+    #[test]
+    fn lane_completed() {
+        super::v1_lane_completed()
+    }
+    #[test]
+    fn init_oom() {
+        super::init_oom(super::V1)
+    }
+    #[test]
+    fn clean_exit() {
+        super::clean_exit(super::V1)
+    }
+    #[test]
+    fn user_sigkill_is_not_oom() {
+        super::user_sigkill_is_not_oom(super::V1)
+    }
+    #[test]
+    fn global_oom_of_a_child_is_reported_live() {
+        super::global_oom_of_a_child_is_reported_live(super::V1)
+    }
+}
+
+/// The lane key of the cgroup v1 VM.
+const V1: &str = "v1";
+/// The scenarios the cgroup v1 VM runs (the v1 memcg OOM matrix runs on this
+/// host itself: tests/oom_runc.rs).
+const V1_SCENARIOS: &str = "init-oom,clean-exit,kill-9,global-oom";
+/// How long the global-oom container sleeps after its dd was killed
+/// (guest-test.sh's GLOBAL_SLEEP): a run much shorter than that was ended
+/// by a live TaskOOM.
+const GLOBAL_SLEEP_SECS: f64 = 300.0;
+
 on_each_containerd!(
     lane_completed,
+    global_oom_of_a_child_is_reported_live,
     lane_really_ooms,
     init_oom,
     child_oom_exit_0_with_oom_group_on,
@@ -63,6 +105,8 @@ struct Res {
     id: String,
     /// every /tasks/exit: (exec id or container id, exit status)
     exits: Vec<(String, u64)>,
+    /// How long `ctr run` took, where the lane timed it.
+    secs: Option<f64>,
     line: String,
 }
 
@@ -103,6 +147,7 @@ impl Res {
             oom_kill: get("oom_kill")?.parse().ok(),
             id: get("id")?.to_string(),
             exits,
+            secs: kv.get("secs").and_then(|v| v.parse().ok()),
             line: line.to_string(),
         })
     }
@@ -173,6 +218,21 @@ struct Lane {
 }
 
 impl Lane {
+    /// The VM's own (global) OOM kills were those of the global-oom
+    /// scenario, no more: the VM never ran out of memory otherwise.
+    fn assert_global_kills(&self, want: usize) {
+        let kmsg = self
+            .console
+            .lines()
+            .find(|x| x.starts_with("OOMGUARD-KMSG "))
+            .unwrap_or_else(|| panic!("no OOMGUARD-KMSG line ({})", self.console_path.display()));
+        assert!(
+            kmsg.contains(&format!("global_kills={want} ")),
+            "{}: {want} global OOM kill(s) expected (the global-oom scenario): {kmsg}",
+            self.version
+        );
+    }
+
     fn of(&self, scenario: &str, runtime: &str) -> Vec<&Res> {
         self.results
             .iter()
@@ -256,6 +316,14 @@ impl Lane {
     }
 }
 
+/// How many global OOMs a lane's VM runs.
+fn global_repeat(lane: &str) -> usize {
+    match lane {
+        V1 => env_usize("OOMGUARD_V1_GLOBAL_REPEAT").unwrap_or(1).max(1),
+        _ => 1,
+    }
+}
+
 fn env_usize(name: &str) -> Option<usize> {
     let v = std::env::var(name).ok()?;
     Some(
@@ -268,11 +336,15 @@ static SETUP: OnceLock<Result<(), String>> = OnceLock::new();
 static VM: Mutex<()> = Mutex::new(());
 static LANE_1_7: OnceLock<Result<Lane, String>> = OnceLock::new();
 static LANE_2: OnceLock<Result<Lane, String>> = OnceLock::new();
+static LANE_V1: OnceLock<Result<Lane, String>> = OnceLock::new();
 
+/// The lane of a containerd version ("1.7", "2"), or of the cgroup v1 VM
+/// (`V1`).
 fn lane(version: &str) -> &'static Lane {
     let cell = match version {
         "1.7" => &LANE_1_7,
         "2" => &LANE_2,
+        V1 => &LANE_V1,
         v => panic!("no cgroup v2 lane for containerd {v}"),
     };
     match cell.get_or_init(|| boot(version)) {
@@ -307,9 +379,19 @@ fn boot(version: &str) -> Result<Lane, String> {
         Some(n) => (n, env_usize("OOMGUARD_V2_SOAK_PAR").unwrap_or(4)),
         None => (env_usize("OOMGUARD_V2_REPEAT").unwrap_or(3), 1),
     };
+    let global_repeat = global_repeat(version).to_string();
+    let (key, version, extra): (&str, &str, Vec<&str>) = if version == V1 {
+        (
+            "v1-1.7",
+            "1.7",
+            vec!["--cgroup", "v1", "--scenarios", V1_SCENARIOS],
+        )
+    } else {
+        (version, version, vec![])
+    };
     let work = PathBuf::from(format!(
         "/tmp/oomguard-it/v2-{}-{}",
-        version,
+        key,
         std::process::id()
     ));
     let _ = std::fs::remove_dir_all(&work);
@@ -319,6 +401,8 @@ fn boot(version: &str) -> Result<Lane, String> {
         .args(["--containerd", version])
         .args(["--repeat", &repeat.to_string()])
         .args(["--repeat-par", &par.to_string()])
+        .args(["--global-repeat", &global_repeat])
+        .args(&extra)
         .arg(&work)
         .output()
         .map_err(|e| format!("cannot run hack/v2/run.sh: {e}"))?;
@@ -372,12 +456,12 @@ fn boot(version: &str) -> Result<Lane, String> {
         ));
     }
     eprintln!(
-        "cgroup v2 lane, containerd {version}: {} results in {secs:.0}s (console: {})",
+        "cgroup lane {key}, containerd {version}: {} results in {secs:.0}s (console: {})",
         results.len(),
         console_path.display()
     );
     Ok(Lane {
-        version: version.to_string(),
+        version: key.to_string(),
         results,
         console,
         console_path,
@@ -410,6 +494,7 @@ fn lane_completed(version: &str) {
     .flat_map(|(s, n)| [(s, STOCK, n), (s, OOMGUARD, n)])
     .collect::<Vec<_>>();
     want.push(("child-oom-group-off", OOMGUARD, 1));
+    want.push(("global-oom", OOMGUARD, 1));
     for (s, rt, n) in &want {
         let got = l.of(s, rt).len();
         if got != *n {
@@ -422,15 +507,7 @@ fn lane_completed(version: &str) {
         missing.join("\n"),
         l.console_path.display()
     );
-    let kmsg = l
-        .console
-        .lines()
-        .find(|x| x.starts_with("OOMGUARD-KMSG "))
-        .unwrap_or_else(|| panic!("no OOMGUARD-KMSG line ({})", l.console_path.display()));
-    assert!(
-        kmsg.contains("global_kills=0"),
-        "the VM itself ran out of memory: {kmsg}"
-    );
+    l.assert_global_kills(1);
     // The comparison, for the test log (cargo test -- --nocapture).
     let mut table = format!(
         "containerd {version}, {:.0}s, stock shim vs oomguard:\n",
@@ -482,6 +559,58 @@ fn lane_really_ooms(version: &str) {
     // And the stock shim does see the plain init OOM (the lane's events work).
     let stock = l.one("init-oom", STOCK);
     assert_eq!(stock.exit, 137, "{}", stock.line);
+}
+
+/// The cgroup v1 VM came back with every scenario, and its kernel OOM-killed
+/// what the scenarios asked for: the memcg OOMs, and one global kill.
+fn v1_lane_completed() {
+    let l = lane(V1);
+    let mut missing = vec![];
+    for (s, runtimes) in [
+        ("init-oom", &[STOCK, OOMGUARD][..]),
+        ("clean-exit", &[STOCK, OOMGUARD]),
+        ("kill-9", &[STOCK, OOMGUARD]),
+        ("global-oom", &[OOMGUARD]),
+    ] {
+        let want = if s == "global-oom" {
+            global_repeat(V1)
+        } else {
+            1
+        };
+        for rt in runtimes {
+            let got = l.of(s, rt).len();
+            if got != want {
+                missing.push(format!("{s}/{rt}: {got} results, expected {want}"));
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "cgroup v1: {}\n(console: {})",
+        missing.join("\n"),
+        l.console_path.display()
+    );
+    assert!(
+        l.console.contains("controllers=\"v1: "),
+        "the VM did not mount cgroup v1 ({})",
+        l.console_path.display()
+    );
+    l.assert_global_kills(global_repeat(V1));
+    // The stock shim's init OOM is the kernel's memcg kill (v1 counters are
+    // not hierarchical, so the kernel log says it).
+    let stock = l.one("init-oom", STOCK);
+    assert_eq!(stock.exit, 137, "{}", stock.line);
+    eprintln!(
+        "cgroup v1, {:.0}s: {}",
+        l.secs,
+        ["init-oom", "clean-exit", "kill-9", "global-oom"]
+            .iter()
+            .flat_map(|s| [STOCK, OOMGUARD].map(|rt| (s, rt)))
+            .filter(|(s, rt)| !l.of(s, rt).is_empty())
+            .map(|(s, rt)| format!("{s}/{rt}: {}", l.summary(s, rt)))
+            .collect::<Vec<_>>()
+            .join("; ")
+    );
 }
 
 // ---------------------------------------------------------------- oomguard
@@ -536,6 +665,26 @@ fn sigterm_to_an_exec(version: &str) {
 
 fn clean_exit(version: &str) {
     lane(version).check("clean-exit", OOMGUARD, |r| r.story(false, 0, 0));
+}
+
+/// A global (VM-wide) OOM kill of a process that is not the container's
+/// init (dd, the VM's largest process, in a container without a limit of
+/// its own; the shell then sleeps): TaskOOM comes while the container runs
+/// (oom_group then ends it, 137), long before the sleep would have ended
+/// it. On cgroup v1 no memcg notification fires for a global OOM.
+fn global_oom_of_a_child_is_reported_live(version: &str) {
+    let want = global_repeat(version);
+    lane(version).check_all("global-oom", OOMGUARD, want, |r| {
+        r.story(true, 137, 137)?;
+        match r.secs {
+            // (dd takes tens of seconds to fill the VM's memory under TCG)
+            Some(s) if s < GLOBAL_SLEEP_SECS - 60.0 => Ok(()),
+            other => Err(format!(
+                "{}: ctr run took {other:?} s: the TaskOOM was not live (the shell sleeps {GLOBAL_SLEEP_SECS} s after the kill)\n    {}",
+                r.id, r.line
+            )),
+        }
+    });
 }
 
 fn twenty_ooming_at_once(version: &str) {

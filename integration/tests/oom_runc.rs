@@ -21,6 +21,7 @@ on_every_containerd!(
     clean_exits_and_user_kills_are_not_oom,
     exec_oom_then_clean_exec,
     twenty_ooming_at_once,
+    storm_behind_a_barrier,
 );
 
 const LIMIT: &str = "33554432"; // 32 MiB
@@ -387,5 +388,80 @@ fn twenty_ooming_at_once(version: &str) {
         assert_oom_story(&events, &format!("oom-{i}"), true, 137);
     }
     let ids: Vec<String> = (0..20).map(|i| format!("oom-{i}")).collect();
+    c.assert_clean(&ids.iter().map(String::as_str).collect::<Vec<_>>());
+}
+
+/// An OOM storm: containers released from one barrier at the same moment,
+/// so their memcgs enter OOM together and the kernel's OOM killer (one lock
+/// for all) kills them one after the other. More than 10 at once: the
+/// kernel then rate-limits its OOM report (`oom-kill:` records included)
+/// and only the kill lines remain. Every container: one TaskOOM before its
+/// TaskExit, 137. (Timed, 200 at once beside the stock shim: `make bench`.)
+fn storm_behind_a_barrier(version: &str) {
+    const N: usize = 30;
+    let c = Containerd::start(version);
+    let events = c.events();
+    // A FIFO held open for reading and writing: a container's `read` blocks
+    // until the release writes its byte, whenever it got there.
+    let barrier = c.dir.join("barrier");
+    std::fs::create_dir_all(&barrier).unwrap();
+    let fifo = barrier.join("go");
+    let path = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+    assert_eq!(unsafe { libc::mkfifo(path.as_ptr(), 0o666) }, 0, "mkfifo");
+    let mut go = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&fifo)
+        .unwrap();
+    let mount = format!(
+        "type=bind,src={},dst=/b,options=rbind:rw",
+        barrier.display()
+    );
+    let cmd = format!("read x < /b/go; exec {DD}");
+    let ids: Vec<String> = (0..N).map(|i| format!("storm-{i}")).collect();
+    std::thread::scope(|s| {
+        for chunk in ids.chunks(N / 3) {
+            let (c, mount, cmd) = (&c, &mount, &cmd);
+            s.spawn(move || {
+                for id in chunk {
+                    c.run_detached(
+                        id,
+                        &["--memory-limit", LIMIT, "--mount", mount],
+                        &["/bin/sh", "-c", cmd],
+                    );
+                }
+            });
+        }
+    });
+    // Every init blocked in its read of the barrier, then the release.
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    loop {
+        let out = c.ctr(&["task", "ls"]);
+        let text = String::from_utf8_lossy(&out.stdout);
+        let waiting = text
+            .lines()
+            .filter_map(|l| l.split_whitespace().nth(1)?.parse::<i32>().ok())
+            .filter(|pid| {
+                std::fs::read_to_string(format!("/proc/{pid}/wchan"))
+                    .is_ok_and(|w| w.contains("poll") || w.contains("pipe"))
+            })
+            .count();
+        if waiting == N {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{waiting} of {N} containers at the barrier after 60 s:\n{text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    use std::io::Write;
+    go.write_all(&[b'\n'; N]).unwrap();
+    for id in &ids {
+        assert_oom_story(&events, id, true, 137);
+    }
+    for id in &ids {
+        c.remove(id);
+    }
     c.assert_clean(&ids.iter().map(String::as_str).collect::<Vec<_>>());
 }

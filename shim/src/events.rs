@@ -300,6 +300,7 @@ async fn sender(address: String, namespace: String, shared: Arc<Shared>) {
             shared.queued.notified().await;
             continue;
         };
+        let sent = std::time::Instant::now();
         let outcome = attempt(&uri, &mut client, &req).await;
         let delivered = match outcome {
             Attempt::Failed(why) => {
@@ -344,7 +345,10 @@ async fn sender(address: String, namespace: String, shared: Arc<Shared>) {
                 None => Vec::new(),
             }
         };
-        debug!("events: published topic={topic} seq={seq}");
+        debug!(
+            "events: published topic={topic} seq={seq} forward_ms={:.3}",
+            sent.elapsed().as_secs_f64() * 1000.0
+        );
         for ack in acks {
             let _ = ack.send(delivered);
         }

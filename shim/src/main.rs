@@ -8,6 +8,7 @@ mod fuzz_tests;
 mod inflight;
 mod install;
 mod lifecycle;
+mod logger;
 mod metrics;
 mod oom;
 mod rootfs;

@@ -27,8 +27,7 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 const SIGNAL_GRACE: Duration = Duration::from_secs(2);
 
 pub fn run(flags: &Flags) -> Result<(), String> {
-    if let Err(e) = containerd_shim::logger::init(flags.debug, "info", &flags.namespace, &flags.id)
-    {
+    if let Err(e) = crate::logger::init(flags.debug, "info") {
         eprintln!("serve: no log pipe from containerd: {e}");
     }
     let ttrpc_address = std::env::var("TTRPC_ADDRESS")

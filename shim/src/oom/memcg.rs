@@ -307,12 +307,6 @@ impl Memcg {
         }
     }
 
-    /// The processes in this memcg (`cgroup.procs`; exited ones have left).
-    pub fn procs(&self) -> io::Result<Vec<i32>> {
-        let text = std::fs::read_to_string(self.path().join("cgroup.procs"))?;
-        Ok(text.lines().filter_map(|l| l.trim().parse().ok()).collect())
-    }
-
     /// The cumulative OOM kill counters of this memcg.
     pub fn oom_counters(&self) -> io::Result<OomCounters> {
         let (file, v1) = match self {
@@ -329,13 +323,14 @@ impl Memcg {
         if v1 {
             Ok(OomCounters {
                 kills: parse_oom_control(&text).map_err(bad)?.oom_kill,
-                group_kills: 0,
+                ..OomCounters::default()
             })
         } else {
             let e = parse_memory_events(&text).map_err(bad)?;
             Ok(OomCounters {
                 kills: e.oom_kill,
                 group_kills: e.oom_group_kill,
+                ooms: e.oom,
             })
         }
     }
@@ -343,11 +338,14 @@ impl Memcg {
 
 /// A memcg's OOM kill counters. `kills` counts processes (a group kill
 /// counts each member); `group_kills` counts the kernel's whole-cgroup kills
-/// under `memory.oom.group` (v2 only; always 0 on v1).
+/// under `memory.oom.group` (v2 only; always 0 on v1); `ooms` counts the
+/// times the memcg itself entered OOM, before any kill (v2's `oom`; v1 says
+/// so only through its eventfd, so 0 there).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct OomCounters {
     pub kills: u64,
     pub group_kills: u64,
+    pub ooms: u64,
 }
 
 impl OomCounters {
@@ -355,6 +353,7 @@ impl OomCounters {
         OomCounters {
             kills: self.kills.saturating_sub(baseline.kills),
             group_kills: self.group_kills.saturating_sub(baseline.group_kills),
+            ooms: self.ooms.saturating_sub(baseline.ooms),
         }
     }
 }

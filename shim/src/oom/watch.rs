@@ -1,15 +1,25 @@
 //! One container's OOM watch: from Create to its init's exit.
 //!
-//! While the container runs, every kernel signal (memcg notification, kernel
-//! log victim) is checked against the memcg's OOM kill counter; a new kill
-//! is published as TaskOOM at once and, with oom_group, the whole container
-//! is killed. At the init's exit the watch stops, the counter is re-read
-//! synchronously (the memcg may be gone a moment later) and the verdict is
-//! made, publishing a TaskOOM that was not yet published before the exit.
+//! While the container runs, every kernel signal (memcg notification, a
+//! kernel log kill) is checked against the memcg's OOM kill counter; a new
+//! kill is published as TaskOOM at once and, with oom_group, the whole
+//! container is killed. At the init's exit the watch stops, the counter is
+//! re-read synchronously (the memcg may be gone a moment later) and the
+//! verdict is made, publishing a TaskOOM that was not yet published before
+//! the exit.
+//!
+//! A memcg notification comes when the memcg *enters* OOM (v1 eventfd, v2
+//! `oom`), before the OOM killer has chosen: it is not a kill. The watch
+//! never waits for the kill inside its loop: it re-reads the counter on a
+//! schedule of its own (`recheck`), a select branch with a deadline, 250 µs
+//! apart at first, and on v1 reads the kernel log meanwhile (whose `Killed
+//! process` record follows). The counter moves about half a millisecond
+//! after the notification on an idle host, while the kernel wakes log
+//! readers only at its next tick (printk's lazy irq_work), up to 10 ms later.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use containerd_shim_protos::events::task::TaskOOM;
 use log::{debug, info, warn};
@@ -17,11 +27,18 @@ use oomguard_runtimes::{Exit, OciRuntime};
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 
-use super::kmsg::{self, Victim};
+use super::kmsg::{self, Logged, Victim};
 use super::memcg::{Memcg, OomCounters};
 use super::notify::Notifier;
+use super::pressure;
+use super::recheck::{Recheck, FOLLOW_UP};
+use super::sweep::{self, Swept};
 use super::verdict::{decide, episodes, Evidence, Verdict};
 use crate::events::{Event, Publisher};
+
+/// How long the oom_group kill waits for the container's processes to exit
+/// before it falls back to the runtime.
+const OOM_GROUP_KILL_LIMIT: Duration = Duration::from_secs(5);
 
 /// What raised a look at the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,12 +48,94 @@ enum Source {
     KernelLog,
 }
 
+/// What a look at the counters found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Found {
+    /// A new OOM episode, published now.
+    Published,
+    /// The memcg entered OOM (v2 `oom` moved); no kill yet.
+    Entered,
+    Nothing,
+}
+
+/// The follow-up of an OOM notification whose kill is not confirmed yet:
+/// re-reads of the counter on a schedule of their own, and on v1 the
+/// kernel log read meanwhile.
+#[derive(Default)]
+struct FollowUp {
+    /// Made at the first notification, kept (idle) after.
+    recheck: Option<Recheck>,
+    log: Option<kmsg::Hold>,
+    active: bool,
+}
+
+impl FollowUp {
+    fn pending(&self) -> bool {
+        self.active
+    }
+
+    fn since(&self) -> Option<Instant> {
+        self.recheck.as_ref().and_then(Recheck::since)
+    }
+
+    /// Starts the re-reads (and, with `log`, reads the kernel log).
+    fn start(&mut self, now: Instant, log: bool) {
+        if log && self.log.is_none() {
+            self.log = Some(kmsg::hold(kmsg::Reason::MemcgOom));
+        }
+        self.recheck.get_or_insert_with(Recheck::new).start(now);
+        self.active = true;
+    }
+
+    fn stop(&mut self) {
+        self.log = None;
+        self.active = false;
+        if let Some(r) = &mut self.recheck {
+            r.stop();
+        }
+    }
+
+    async fn due(&self) {
+        match &self.recheck {
+            Some(r) => r.due().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// After a re-read; false once the follow-up is over.
+    fn advance(&mut self, now: Instant) -> bool {
+        let more = self.recheck.as_mut().is_some_and(|r| r.advance(now));
+        if !more {
+            self.stop();
+        }
+        more
+    }
+}
+
 /// The running watch task: a stop signal, and its handle, which hands the
 /// kernel log subscription back so the exit path can drain it.
 type Watcher = (
     oneshot::Sender<()>,
-    JoinHandle<Option<broadcast::Receiver<Victim>>>,
+    JoinHandle<Option<broadcast::Receiver<Logged>>>,
 );
+
+/// How a container's processes were killed (for the log line).
+#[derive(Debug)]
+pub enum KillAll {
+    /// From its memcg (host processes).
+    Swept(Swept),
+    /// Through the runtime (`kill --all KILL`), and why.
+    Runtime(String),
+}
+
+impl std::fmt::Display for KillAll {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KillAll::Swept(s) => write!(f, "swept from its memcg: {} process(es) killed", s.killed),
+            KillAll::Runtime(how) => f.write_str(how),
+        }
+    }
+}
 
 pub struct OomWatch {
     id: String,
@@ -48,7 +147,10 @@ pub struct OomWatch {
     /// OOM episodes already published as TaskOOM. Held while publishing, so
     /// the watch and the exit path never both publish one episode.
     published: tokio::sync::Mutex<u64>,
+    /// OOM notifications: v1 eventfd wake-ups, v2 `oom` moves.
     notifications: AtomicU64,
+    /// v2 `oom` (since the baseline) at the last look.
+    ooms_seen: AtomicU64,
     /// The queue place of the last TaskOOM the watch published.
     queued_oom: AtomicU64,
     victims: Mutex<Vec<Victim>>,
@@ -73,6 +175,15 @@ impl OomWatch {
                 (None, None)
             }
         };
+        if let (Some(Memcg::V1(path)), Some(rel)) = (&memcg, &memcg_rel) {
+            // v1: a global OOM kill fires no memcg notification; host
+            // memory pressure arms the kernel log. The hierarchy's root is
+            // the memcg's path without its relative part.
+            let depth = rel.split('/').filter(|c| !c.is_empty()).count();
+            if let Some(root) = path.ancestors().nth(depth) {
+                pressure::start(root);
+            }
+        }
         let baseline = memcg.as_ref().and_then(|m| match m.oom_counters() {
             Ok(n) => Some(n),
             Err(e) => {
@@ -103,6 +214,7 @@ impl OomWatch {
             oom_group,
             published: tokio::sync::Mutex::new(0),
             notifications: AtomicU64::new(0),
+            ooms_seen: AtomicU64::new(0),
             queued_oom: AtomicU64::new(0),
             victims: Mutex::new(Vec::new()),
             task: Mutex::new(None),
@@ -115,54 +227,107 @@ impl OomWatch {
         watch
     }
 
+    /// The watch loop. Every branch returns at once: a pending re-read is a
+    /// deadline of its own, so a notification, a kernel log kill or a
+    /// re-read, whichever shows the kill first, publishes it.
     async fn run(
         self: Arc<Self>,
         mut notifier: Option<Notifier>,
-        mut victims: broadcast::Receiver<Victim>,
+        mut log: broadcast::Receiver<Logged>,
         mut stop: oneshot::Receiver<()>,
-    ) -> Option<broadcast::Receiver<Victim>> {
+    ) -> Option<broadcast::Receiver<Logged>> {
+        let mut follow = FollowUp::default();
         loop {
-            tokio::select! {
+            let source = tokio::select! {
                 biased;
-                _ = &mut stop => return Some(victims),
-                r = async { notifier.as_ref()?.next().await.ok() }, if notifier.is_some() => {
-                    match r {
-                        Some(()) => {
-                            self.notifications.fetch_add(1, Ordering::Relaxed);
-                            if self.look(Source::Memcg).await {
-                                tokio::time::sleep(Duration::from_millis(100)).await;
-                                self.look(Source::Recheck).await;
-                            }
-                        }
-                        None => {
-                            warn!("oom id={}: memcg notifications stopped", self.id);
-                            notifier = None;
-                        }
+                _ = &mut stop => return Some(log),
+                r = async { notifier.as_ref()?.next().await.ok() }, if notifier.is_some() => match r {
+                    Some(()) => Source::Memcg,
+                    None => {
+                        warn!("oom id={}: memcg notifications stopped", self.id);
+                        notifier = None;
+                        continue;
                     }
-                }
-                v = victims.recv() => match v {
-                    Ok(v) => {
-                        if self.owns(&v) {
-                            self.victims.lock().unwrap_or_else(|p| p.into_inner()).push(v);
-                            self.look(Source::KernelLog).await;
+                },
+                _ = follow.due(), if follow.pending() => Source::Recheck,
+                m = log.recv() => match m {
+                    Ok(Logged::Victim(v)) => {
+                        if !self.owns(&v) {
+                            continue;
                         }
+                        self.record_victim(v);
+                        Source::KernelLog
                     }
+                    // Whose kill it was, only the counters tell.
+                    Ok(Logged::Kill { .. }) => Source::KernelLog,
                     Err(broadcast::error::RecvError::Lagged(n)) => {
-                        warn!("oom id={}: {n} kernel log victims not examined (reader lagged)", self.id);
+                        warn!("oom id={}: {n} kernel log kills not examined (reader lagged); re-reading the counter", self.id);
+                        Source::KernelLog
                     }
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
-            }
+            };
+            self.signal(source, &mut follow).await;
         }
     }
 
-    /// The container's memcg, when it could be resolved at Create.
-    pub fn memcg(&self) -> Option<&Memcg> {
-        self.memcg.as_ref()
+    /// Whether another TaskOOM can still be due (with oom_group, one per
+    /// container).
+    async fn more_possible(&self) -> bool {
+        !(self.oom_group && *self.published.lock().await >= 1)
+    }
+
+    async fn signal(self: &Arc<Self>, source: Source, follow: &mut FollowUp) {
+        let now = Instant::now();
+        let v1 = matches!(self.memcg, Some(Memcg::V1(_)));
+        if source == Source::Memcg && v1 {
+            self.notifications.fetch_add(1, Ordering::Relaxed);
+            if self.more_possible().await {
+                // A new OOM: follow it up from now. On v1 the kernel log is
+                // read meanwhile: a kill whose counter move the re-reads
+                // would see late (the OOM killer waits for its lock in a
+                // storm) wakes the watch through its record.
+                follow.start(now, true);
+            }
+        }
+        match self.look(source, follow.since()).await {
+            Found::Published => follow.stop(),
+            Found::Entered if !follow.pending() && self.more_possible().await => {
+                // v2: memory.events is signalled again for the kill, but at
+                // most every 10 ms (cgroup_file_notify): re-read sooner.
+                follow.start(now, false);
+            }
+            _ => {
+                if source == Source::Recheck && !follow.advance(Instant::now()) {
+                    debug!(
+                        "oom id={}: no OOM kill within {FOLLOW_UP:?} of the memcg notification",
+                        self.id
+                    );
+                }
+            }
+        }
+        if follow.pending() && !self.more_possible().await {
+            follow.stop();
+        }
     }
 
     fn owns(&self, v: &Victim) -> bool {
         self.memcg_rel.as_deref().is_some_and(|rel| v.in_memcg(rel))
+    }
+
+    /// Keeps a victim of this container's memcg (once: the exit path may
+    /// read a record the watch already took).
+    fn record_victim(&self, v: Victim) {
+        if !self.owns(&v) {
+            return;
+        }
+        let mut victims = self.victims.lock().unwrap_or_else(|p| p.into_inner());
+        if !victims
+            .iter()
+            .any(|k| k.pid == v.pid && k.task_memcg == v.task_memcg)
+        {
+            victims.push(v);
+        }
     }
 
     /// OOM kills since the baseline, by the counters or the kernel log.
@@ -181,18 +346,19 @@ impl OomWatch {
         (counted, logged)
     }
 
-    /// Returns whether a second look is due shortly.
-    async fn look(&self, source: Source) -> bool {
+    /// Reads the counters; publishes a new OOM episode (and, with oom_group,
+    /// kills the container in the background).
+    async fn look(self: &Arc<Self>, source: Source, since: Option<Instant>) -> Found {
         let (counted, logged) = self.kills();
         let c = counted.unwrap_or_default();
+        let entered = c.ooms > self.ooms_seen.fetch_max(c.ooms, Ordering::Relaxed);
+        if entered {
+            self.notifications.fetch_add(1, Ordering::Relaxed);
+        }
         let kills = c.kills.max(logged);
         let due = episodes(kills, c.group_kills, self.oom_group);
         let mut published = self.published.lock().await;
         if due > *published {
-            info!(
-                "oom id={} source={source:?} oom_kills={kills} group_kills={} (counter={} kernel_log={logged}) episodes={due}: publishing TaskOOM",
-                self.id, c.group_kills, show(counted)
-            );
             // Queued, not awaited: containerd may be away for minutes, and
             // neither the kill nor the next episode's TaskOOM waits for it.
             // The exit path waits for its delivery before releasing Wait.
@@ -200,30 +366,97 @@ impl OomWatch {
             self.queued_oom.fetch_max(seq, Ordering::Relaxed);
             *published = due;
             drop(published);
-            if self.oom_group {
-                info!("oom id={}: oom_group: killing the whole container", self.id);
-                self.kill_container().await;
-            }
-        } else if source == Source::Memcg {
-            // The notification can come before the counter moves, or be a
-            // sibling's OOM signalled down the tree: the caller looks again.
-            debug!(
-                "oom id={}: memcg notification, counter not moved yet",
-                self.id
+            let after = since
+                .map(|t| format!("{:.3}", t.elapsed().as_secs_f64() * 1000.0))
+                .unwrap_or_else(|| "-".into());
+            info!(
+                "oom id={} source={source:?} oom_kills={kills} group_kills={} (counter={} kernel_log={logged}) episodes={due} ms_after_notification={after}: publishing TaskOOM",
+                self.id, c.group_kills, show(counted)
             );
-            return true;
+            if self.oom_group {
+                let me = self.clone();
+                tokio::spawn(async move {
+                    // After the TaskOOM's Forward is on the wire (its writer
+                    // task was woken before this one runs).
+                    tokio::task::yield_now().await;
+                    let how = me.kill_all(OOM_GROUP_KILL_LIMIT).await;
+                    info!(
+                        "oom id={}: oom_group: killed the whole container ({how})",
+                        me.id
+                    );
+                });
+            }
+            return Found::Published;
         }
-        false
+        drop(published);
+        if entered {
+            debug!(
+                "oom id={}: memcg entered OOM (oom={}), no kill yet",
+                self.id, c.ooms
+            );
+            return Found::Entered;
+        }
+        if source == Source::Memcg {
+            // The notification can come before the counter moves, or be a
+            // sibling's OOM signalled down the tree.
+            debug!("oom id={}: memcg notification, no kill yet", self.id);
+        }
+        Found::Nothing
     }
 
-    async fn kill_container(&self) {
-        if let Err(e) = self
+    /// Kills every process of the container: for host processes (runc)
+    /// straight from its memcg, else (or when that fails) through the
+    /// runtime (`kill --all KILL`; runsc reaches the container's processes
+    /// inside the sandbox). A sweep waits up to `limit` for them to exit.
+    pub async fn kill_all(&self, limit: Duration) -> KillAll {
+        if let Some(why) = self.sweep_refused() {
+            return KillAll::Runtime(format!("{why}; {}", self.runtime_kill().await));
+        }
+        let (Some(memcg), Some(rel)) = (&self.memcg, &self.memcg_rel) else {
+            return KillAll::Runtime(self.runtime_kill().await);
+        };
+        match sweep::sweep(memcg, rel, limit).await {
+            Ok(s) if s.left == 0 => KillAll::Swept(s),
+            Ok(s) => KillAll::Runtime(format!(
+                "{} process(es) still in the memcg after {limit:?} ({} killed); {}",
+                s.left,
+                s.killed,
+                self.runtime_kill().await
+            )),
+            Err(e) => KillAll::Runtime(format!(
+                "sweep of {}: {e}; {}",
+                memcg.path().display(),
+                self.runtime_kill().await
+            )),
+        }
+    }
+
+    /// Why the container's processes cannot be killed from its memcg.
+    fn sweep_refused(&self) -> Option<String> {
+        if !self.runtime.processes_on_host() {
+            return Some("processes inside a sandbox".into());
+        }
+        let rel = self.memcg_rel.as_deref()?;
+        let own = match sweep::own_rel() {
+            Ok(own) => own,
+            Err(e) => return Some(format!("the shim's own memcg unknown ({e})")),
+        };
+        sweep::sweepable(rel, &own, &self.id).err()
+    }
+
+    async fn runtime_kill(&self) -> String {
+        match self
             .runtime
             .kill(&self.id, libc::SIGKILL as u32, true)
             .await
         {
-            if !e.is_not_running() && !e.is_not_found() {
-                warn!("oom id={}: oom_group kill failed: {e}", self.id);
+            Ok(()) => "kill --all KILL".into(),
+            Err(e) if e.is_not_running() || e.is_not_found() => {
+                format!("kill --all KILL: nothing left ({e})")
+            }
+            Err(e) => {
+                warn!("oom id={}: kill --all KILL failed: {e}", self.id);
+                format!("kill --all KILL failed: {e}")
             }
         }
     }
@@ -245,23 +478,33 @@ impl OomWatch {
     /// the watch. A TaskOOM that is due is published (and acknowledged)
     /// before this returns, so the caller's TaskExit comes after it.
     pub async fn settle(&self, exit: &Exit, is_init: bool) -> Verdict {
-        kmsg::drain_now();
+        // The kernel log from where this shim last read it: a victim logged
+        // before the reap is seen even when nothing armed the log.
+        let fresh = kmsg::subscribe();
+        let read = kmsg::drain_now();
+        let mut pending = Vec::new();
         if is_init {
             let task = self.task.lock().unwrap_or_else(|p| p.into_inner()).take();
             if let Some((stop, handle)) = task {
                 let _ = stop.send(());
-                if let Ok(Some(mut rx)) = handle.await {
-                    while let Ok(v) = rx.try_recv() {
-                        if self.owns(&v) {
-                            self.victims
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .push(v);
-                        }
-                    }
+                if let Ok(Some(rx)) = handle.await {
+                    pending.push(rx);
                 }
             }
         }
+        pending.push(fresh.resubscribe());
+        drop(fresh);
+        for mut rx in pending {
+            while let Ok(m) = rx.try_recv() {
+                if let Logged::Victim(v) = m {
+                    self.record_victim(v);
+                }
+            }
+        }
+        debug!(
+            "oom id={}: {read} kernel log record(s) read at exit",
+            self.id
+        );
         let (counted, logged) = self.kills();
         if counted.is_none() && self.memcg.is_some() {
             warn!(
@@ -276,8 +519,8 @@ impl OomWatch {
             .iter()
             .find(|v| v.pid == exit.pid)
             .cloned();
-        let notifications = self.notifications.load(Ordering::Relaxed);
         let c = counted.unwrap_or_default();
+        let notifications = self.notifications.load(Ordering::Relaxed).max(c.ooms);
         let kills = c.kills.max(logged);
         let mut published = self.published.lock().await;
         let episodes = episodes(kills, c.group_kills, self.oom_group).max(u64::from(
@@ -339,7 +582,11 @@ impl OomWatch {
                 "oom id={}: oom_group: an exec was OOM-killed; killing the whole container",
                 self.id
             );
-            self.kill_container().await;
+            let how = self.kill_all(OOM_GROUP_KILL_LIMIT).await;
+            info!(
+                "oom id={}: oom_group: killed the whole container ({how})",
+                self.id
+            );
         }
         verdict
     }

@@ -6,8 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use log::{debug, info, warn};
-use oomguard_runtimes::pidfd;
+use log::{info, warn};
 use oomguard_runtimes::reaper::reaper;
 use oomguard_runtimes::runc::Runc;
 use oomguard_runtimes::runsc::Runsc;
@@ -345,50 +344,15 @@ impl Container {
     }
 
     /// SIGKILL to every process left in the container after its init
-    /// exited (runc: its cgroup; runsc: the container's processes in the
-    /// sandbox), and, for host processes, a wait (pidfd, 2 s at most) until
-    /// they are gone, so TaskExit never precedes their end. "Already gone"
-    /// is the usual answer and not an error.
+    /// exited (runc: straight from its memcg, see `OomWatch::kill_all`;
+    /// runsc: the container's processes in the sandbox), and, for host
+    /// processes, a wait (pidfd, 2 s at most) until they are gone, so
+    /// TaskExit never precedes their end.
     pub async fn kill_all_after_init(&self) {
-        match self
-            .runtime
-            .kill(&self.id, libc::SIGKILL as u32, true)
-            .await
-        {
-            Ok(()) => {}
-            Err(e) if e.is_not_running() || e.is_not_found() => {
-                debug!("exit id={}: kill --all: nothing left ({e})", self.id);
-                return;
-            }
-            Err(e) => {
-                warn!(
-                    "exit id={}: kill --all after init exit failed: {e}",
-                    self.id
-                );
-                return;
-            }
-        }
-        // Killed processes leave cgroup.procs when they exit.
-        let pids = match self
-            .oom
-            .memcg()
-            .filter(|_| self.runtime.processes_on_host())
-        {
-            Some(m) => m.procs().unwrap_or_default(),
-            None => Vec::new(),
-        };
-        let left = match pidfd::wait_exited(&pids, KILL_ALL_WAIT).await {
-            Ok(left) => left,
-            Err(e) => {
-                warn!("exit id={}: cannot wait for killed processes: {e}", self.id);
-                Vec::new()
-            }
-        };
+        let how = self.oom.kill_all(KILL_ALL_WAIT).await;
         info!(
-            "exit id={}: init exited without a pid namespace of its own: kill --all KILL; {} process(es) were left, {} still running after {KILL_ALL_WAIT:?}",
-            self.id,
-            pids.len(),
-            left.len()
+            "exit id={}: init exited without a pid namespace of its own: {how}",
+            self.id
         );
     }
 
