@@ -3,6 +3,7 @@
 //! when a process exits.
 
 pub mod container_limit;
+mod event_control;
 pub mod kmsg;
 pub mod memcg;
 mod notify;

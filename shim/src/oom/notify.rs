@@ -2,22 +2,20 @@
 //! `memory.oom_control` (v1) or inotify on `memory.events` (v2). Both are
 //! descriptors in the shim's epoll set: no polling.
 
-use std::fs::File;
-use std::io::{self, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
-use nix::sys::eventfd::{EfdFlags, EventFd};
 use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
 use tokio::io::unix::AsyncFd;
 
+use super::event_control::MemcgEvent;
 use super::memcg::Memcg;
 
-pub struct Notifier {
-    fd: AsyncFd<OwnedFd>,
-    /// v1: the registration lives as long as the eventfd; the control file
-    /// is kept open with it for clarity of ownership.
-    _oom_control: Option<File>,
+pub enum Notifier {
+    V1(MemcgEvent),
+    /// inotify on `memory.events`.
+    V2(AsyncFd<OwnedFd>),
 }
 
 impl Notifier {
@@ -33,20 +31,11 @@ impl Notifier {
     /// limit on a parent (pod) memcg is seen here too; it also signals once
     /// when the memcg is removed.
     fn v1(dir: &Path) -> io::Result<Notifier> {
-        let oom_control = File::open(dir.join("memory.oom_control"))?;
-        let efd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-            .map_err(io::Error::from)?;
-        let efd: OwnedFd = efd.into();
-        let line = format!("{} {}", efd.as_raw_fd(), oom_control.as_raw_fd());
-        let mut control = std::fs::OpenOptions::new()
-            .write(true)
-            .open(dir.join("cgroup.event_control"))?;
-        control.write_all(line.as_bytes())?;
-        Ok(Notifier {
-            // SAFETY: the descriptor is owned here and registered once.
-            fd: unsafe { AsyncFd::register(efd) }.map_err(|e| e.into_parts().1)?,
-            _oom_control: Some(oom_control),
-        })
+        Ok(Notifier::V1(MemcgEvent::register(
+            dir,
+            "memory.oom_control",
+            None,
+        )?))
     }
 
     /// v2: `memory.events` is rewritten (IN_MODIFY) whenever a counter moves.
@@ -57,21 +46,23 @@ impl Notifier {
             .add_watch(&dir.join("memory.events"), AddWatchFlags::IN_MODIFY)
             .map_err(io::Error::from)?;
         let fd: OwnedFd = inotify.into();
-        Ok(Notifier {
-            // SAFETY: the descriptor is owned here and registered once.
-            fd: unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?,
-            _oom_control: None,
-        })
+        // SAFETY: the descriptor is owned here and registered once.
+        let fd = unsafe { AsyncFd::register(fd) }.map_err(|e| e.into_parts().1)?;
+        Ok(Notifier::V2(fd))
     }
 
     /// Resolves at the next notification (several coalesce into one).
     pub async fn next(&self) -> io::Result<()> {
+        let fd = match self {
+            Notifier::V1(event) => return event.next().await.map(drop),
+            Notifier::V2(fd) => fd,
+        };
         loop {
-            let mut guard = self.fd.readable().await?;
+            let mut guard = fd.readable().await?;
             let mut buf = [0u8; 4096];
             let mut got = false;
             loop {
-                match nix::unistd::read(self.fd.get_ref(), &mut buf) {
+                match nix::unistd::read(fd.get_ref(), &mut buf) {
                     Ok(0) => break,
                     Ok(_) => got = true,
                     Err(nix::errno::Errno::EAGAIN) => break,

@@ -18,17 +18,14 @@
 //! times a second; `critical` means reclaim is failing, which a global OOM
 //! always follows.
 
-use std::fs::File;
-use std::io::{self, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io;
 use std::path::Path;
 use std::sync::OnceLock;
 use std::time::Duration;
 
 use log::{info, trace, warn};
-use nix::sys::eventfd::{EfdFlags, EventFd};
-use tokio::io::unix::AsyncFd;
 
+use super::event_control::MemcgEvent;
 use super::kmsg;
 
 /// The level and mode registered on the root memcg.
@@ -40,44 +37,18 @@ pub const LEVEL: &str = "critical,local";
 pub const WINDOW: Duration = Duration::from_secs(10);
 
 /// One `memory.pressure_level` registration.
-pub struct PressureLevel {
-    fd: AsyncFd<OwnedFd>,
-    _level_file: File,
-}
+pub struct PressureLevel(MemcgEvent);
 
 impl PressureLevel {
     /// Registers `level` ("low|medium|critical[,default|hierarchy|local]")
     /// on the v1 memcg directory `dir`.
     pub fn register(dir: &Path, level: &str) -> io::Result<PressureLevel> {
-        let level_file = File::open(dir.join("memory.pressure_level"))?;
-        let efd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-            .map_err(io::Error::from)?;
-        let efd: OwnedFd = efd.into();
-        let line = format!("{} {} {level}", efd.as_raw_fd(), level_file.as_raw_fd());
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(dir.join("cgroup.event_control"))?
-            .write_all(line.as_bytes())?;
-        Ok(PressureLevel {
-            // SAFETY: the descriptor is owned here and registered once.
-            fd: unsafe { AsyncFd::register(efd) }.map_err(|e| e.into_parts().1)?,
-            _level_file: level_file,
-        })
+        MemcgEvent::register(dir, "memory.pressure_level", Some(level)).map(PressureLevel)
     }
 
     /// Resolves at the next event(s); returns how many the kernel counted.
     pub async fn next(&self) -> io::Result<u64> {
-        loop {
-            let mut guard = self.fd.readable().await?;
-            let mut buf = [0u8; 8];
-            match nix::unistd::read(self.fd.get_ref(), &mut buf) {
-                Ok(8) => return Ok(u64::from_ne_bytes(buf)),
-                Ok(_) => return Ok(1),
-                Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(io::Error::from(e)),
-            }
-        }
+        self.0.next().await
     }
 }
 

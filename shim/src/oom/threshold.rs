@@ -8,13 +8,9 @@
 //! stalls, i.e. only near the memcg's own limit; `memory.high` would throttle
 //! the workload): there the caller reads `memory.current` on a timer.
 
-use std::fs::File;
-use std::io::{self, Write};
-use std::os::fd::{AsRawFd, OwnedFd};
+use std::io;
 
-use nix::sys::eventfd::{EfdFlags, EventFd};
-use tokio::io::unix::AsyncFd;
-
+use super::event_control::MemcgEvent;
 use super::memcg::Memcg;
 
 /// The memcg's current usage in bytes (v1 `memory.usage_in_bytes`, v2
@@ -34,10 +30,7 @@ pub fn usage(memcg: &Memcg) -> io::Result<u64> {
 }
 
 /// One v1 usage threshold registration.
-pub struct Threshold {
-    fd: AsyncFd<OwnedFd>,
-    _usage_file: File,
-}
+pub struct Threshold(MemcgEvent);
 
 impl Threshold {
     /// Registers `bytes` on a v1 memcg. v2: `ErrorKind::Unsupported`.
@@ -48,40 +41,20 @@ impl Threshold {
                 "cgroup v2 has no usage threshold notification",
             ));
         };
-        let usage_file = File::open(dir.join("memory.usage_in_bytes"))?;
-        let efd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
-            .map_err(io::Error::from)?;
-        let efd: OwnedFd = efd.into();
-        let line = format!("{} {} {bytes}", efd.as_raw_fd(), usage_file.as_raw_fd());
-        std::fs::OpenOptions::new()
-            .write(true)
-            .open(dir.join("cgroup.event_control"))?
-            .write_all(line.as_bytes())?;
-        Ok(Threshold {
-            // SAFETY: the descriptor is owned here and registered once.
-            fd: unsafe { AsyncFd::register(efd) }.map_err(|e| e.into_parts().1)?,
-            _usage_file: usage_file,
-        })
+        let bytes = bytes.to_string();
+        MemcgEvent::register(dir, "memory.usage_in_bytes", Some(&bytes)).map(Threshold)
     }
 
     /// Resolves when the usage has crossed the level (or the memcg went away).
     pub async fn crossed(&self) -> io::Result<()> {
-        loop {
-            let mut guard = self.fd.readable().await?;
-            let mut buf = [0u8; 8];
-            match nix::unistd::read(self.fd.get_ref(), &mut buf) {
-                Ok(_) => return Ok(()),
-                Err(nix::errno::Errno::EAGAIN) => guard.clear_ready(),
-                Err(nix::errno::Errno::EINTR) => {}
-                Err(e) => return Err(io::Error::from(e)),
-            }
-        }
+        self.0.next().await.map(drop)
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::Write;
     use std::path::Path;
     use std::time::Duration;
 
