@@ -546,7 +546,8 @@ gv_clean() {
 	local i id
 	for ((i = ${#GV_IDS[@]} - 1; i >= 0; i--)); do
 		id=${GV_IDS[i]}
-		remove_container "$id"
+		# A --rm container is gone already.
+		ctr_ containers info "$id" >/dev/null 2>&1 && remove_container "$id"
 		rm -rf -- "$WORK/rootfs-$id"
 	done
 	GV_IDS=()

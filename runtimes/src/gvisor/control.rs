@@ -30,10 +30,11 @@ pub const READ_TIMEOUT: Duration = Duration::from_secs(3);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("{what} {socket}: {source}")]
+    #[error("sandbox control server at {socket}: {method}: {what}: {source}")]
     Io {
         what: &'static str,
         socket: String,
+        method: &'static str,
         #[source]
         source: io::Error,
     },
@@ -91,10 +92,11 @@ impl ControlConnection {
         self.socket.display().to_string()
     }
 
-    async fn connect(&self) -> Result<UnixStream, ControlError> {
+    async fn connect(&self, method: &'static str) -> Result<UnixStream, ControlError> {
         let io = |source| ControlError::Io {
             what: "connect",
             socket: self.name(),
+            method,
             source,
         };
         if self.socket.as_os_str().len() < SUN_PATH_MAX {
@@ -124,7 +126,7 @@ impl ControlConnection {
     ) -> Result<serde_json::Value, ControlError> {
         let stream = match self.stream.take() {
             Some(s) => s,
-            None => self.connect().await?,
+            None => self.connect(method).await?,
         };
         let exchange = Self::exchange(self.name(), stream, method, request);
         let (stream, result) =
@@ -153,19 +155,17 @@ impl ControlConnection {
         let io = |what, source| ControlError::Io {
             what,
             socket: socket.clone(),
+            method,
             source,
         };
         stream
             .write_all(request)
             .await
-            .map_err(|e| io("write to", e))?;
+            .map_err(|e| io("write", e))?;
         let mut buf = Vec::with_capacity(512);
         let mut chunk = [0u8; 4096];
         loop {
-            let n = stream
-                .read(&mut chunk)
-                .await
-                .map_err(|e| io("read from", e))?;
+            let n = stream.read(&mut chunk).await.map_err(|e| io("read", e))?;
             let protocol = |message| ControlError::Protocol {
                 socket: socket.clone(),
                 method,
