@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: all deps build release demo test test-v2-soak test-outage test-soak fuzz unit integration lint bench clean critest critest-where
+.PHONY: all deps build release demo test test-v2-soak test-outage test-soak test-repeat fuzz unit integration lint bench clean critest critest-where
 
 all: build
 
@@ -47,6 +47,12 @@ fuzz:
 # state or /run/containerd/s sockets grow (figures in .cache/soak/).
 test-soak: deps build
 	$(CARGO) test -p oomguard-integration --test soak -- --ignored --nocapture --test-threads=1
+
+# The gVisor own-limit tests (CRI and ctr pods, containerd 1.7 and 2.x)
+# REPEAT times in a row, stopping at the first failure (.cache/repeat/).
+REPEAT ?= 20
+test-repeat: deps build
+	hack/repeat.sh $(REPEAT)
 
 unit: build
 	$(CARGO) test --workspace --bins --lib

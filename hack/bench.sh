@@ -60,9 +60,14 @@
 #              "runsc read-control" of the same file;
 #            - runaway: R runs each of a 64 MiB container reading 300 MB in
 #              one read() ("dd") and one growing ~35 MB/s ("sort"): exit
-#              code, usage over the limit when the shim saw it, the time
-#              from then to the kill done and to the exit verdict, and the
-#              sandbox memcg's peak growth (memory.max_usage_in_bytes, v1).
+#              code, usage over the limit when the shim read it, the time
+#              from the wake of that round to the kill sent and from the
+#              kill to the exit, and the sandbox memcg's peak growth
+#              (memory.max_usage_in_bytes, v1);
+#            - burst (phase "burst"): oomguard-bench burst, the matrix of
+#              issue 20: containers allocating 68..300 MiB at once against
+#              their own 64 MiB limit, ptrace and systrap, with and without a
+#              100 MB neighbour, beside the same pods run by runsc alone.
 # Shims are the processes whose argv[0] is containerd-shim-{runc,oomguard}-v2
 # and which have "-address DIR/containerd.sock". ctr sets no pod annotation, so
 # both runtimes run one shim per container.
@@ -87,8 +92,11 @@
 #   BENCH_STORM          S, containers in the OOM storm (default 200; 0 skips)
 #   BENCH_GVISOR         1 (default): the gVisor rows when runsc 20240729 is there
 #   BENCH_V2             1 (default): the cgroup v2 rows from the qemu lane (adds ~5 min)
+#   BENCH_BURST_RUNS     runs per burst size and pod shape (default 10)
+#   BENCH_BURST_SIZES    MiB the bursting containers allocate (default 68,72,80,96,120,300)
 #   BENCH_PHASES         which phases run (default: all): a comma-separated
-#                        subset of latency,idle,oom,storm,v2,gvisor
+#                        subset of latency,idle,oom,storm,v2,gvisor,burst
+#                        (burst runs within gvisor)
 #   OOMGUARD_BENCH_BIN   the oomguard-bench binary (default: built with the shim)
 set -euo pipefail
 # shellcheck source=hack/lib.sh
@@ -115,9 +123,11 @@ R=${BENCH_RUNAWAY_RUNS:-3}
 O=${BENCH_OOM_RUNS:-20}
 F=${BENCH_FLOOD_RATE:-2000}
 S=${BENCH_STORM:-200}
-PHASES=,${BENCH_PHASES:-latency,idle,oom,storm,v2,gvisor},
+PHASES=,${BENCH_PHASES:-latency,idle,oom,storm,v2,gvisor,burst},
+BURST_RUNS=${BENCH_BURST_RUNS:-10}
+BURST_SIZES=${BENCH_BURST_SIZES:-68,72,80,96,120,300}
 WARMUP=3
-for v in N M T G R; do
+for v in N M T G R BURST_RUNS; do
 	[[ ${!v} =~ ^[1-9][0-9]*$ ]] || die "$v must be a positive integer (got '${!v}')"
 done
 for v in O F S; do
@@ -536,7 +546,8 @@ gv_clean() {
 	local i id
 	for ((i = ${#GV_IDS[@]} - 1; i >= 0; i--)); do
 		id=${GV_IDS[i]}
-		remove_container "$id"
+		# A --rm container is gone already.
+		ctr_ containers info "$id" >/dev/null 2>&1 && remove_container "$id"
 		rm -rf -- "$WORK/rootfs-$id"
 	done
 	GV_IDS=()
@@ -610,10 +621,10 @@ phase_gvisor_sample() {
 }
 
 # Runaways under a 64 MiB limit. Results: lines "KIND exit_code
-# over_limit_mib seen_to_killed_ms seen_to_exit_ms peak_growth_mib wall_ms"
-# ("-" where the shim logged nothing) in $WORK/gv-runaway.
+# over_limit_mib wake_to_kill_ms kill_to_exit_ms peak_growth_mib wall_ms"
+# ("-" where the shim logged no own-limit verdict) in $WORK/gv-runaway.
 phase_gvisor_runaway() {
-	local pod="$PREFIX-gvr" kind r id mem base peak t0 t1 rc seen killed verdict log="$DIR/containerd.log"
+	local pod="$PREFIX-gvr" kind r id mem base peak t0 t1 rc verdict log="$DIR/containerd.log"
 	local -A cmd=([dd]='dd if=/dev/zero of=/dev/null bs=300M count=1' [sort]='head -c 400000000 /dev/zero | sort')
 	note "gvisor runaways: $R runs each"
 	gv_pod "$pod"
@@ -630,23 +641,39 @@ phase_gvisor_runaway() {
 			gv_join "$pod" "$id" --rm --memory-limit "$MIB64" -- /bin/sh -c "${cmd[$kind]}" >/dev/null 2>&1 || rc=$?
 			t1=${EPOCHREALTIME//[.,]/}
 			peak=$(<"$mem/memory.max_usage_in_bytes")
-			seen=$(grep -F "own-limit id=$id usage=" "$log" | grep -F 'over its own memory limit' | head -1 || true)
-			killed=$(grep -F "own-limit id=$id: its processes killed in" "$log" | head -1 || true)
 			verdict=$(grep -F "verdict id=$id own_limit:" "$log" | head -1 || true)
 			grep -F "id=$id" "$log" | grep -v -F 'events:' >>"$WORK/gv-runaway.log" || true
-			if [[ -z $seen || -z $killed || -z $verdict ]]; then
-				awk -v k="$kind" -v rc="$rc" -v p="$peak" -v b="$base" -v w=$(((t1 - t0) / 1000)) 'BEGIN {
-					printf "%s %s - - - %.0f %s\n", k, rc, (p - b) / 1048576, w }' >>"$WORK/gv-runaway"
-				continue
-			fi
-			awk -v u="$(sed -E 's/.* usage=([0-9]+) .*/\1/' <<<"$seen")" -v ts="$(log_time <<<"$seen")" \
-				-v tk="$(log_time <<<"$killed")" -v tv="$(log_time <<<"$verdict")" -v lim="$MIB64" \
-				-v p="$peak" -v b="$base" -v k="$kind" -v rc="$rc" -v w=$(((t1 - t0) / 1000)) '
-				function ms(t) { return (t == "" || ts == "") ? "-" : sprintf("%.0f", (t - ts) * 1000) }
-				BEGIN { printf "%s %s %.1f %s %s %.0f %s\n", k, rc, (u - lim) / 1048576, ms(tk), ms(tv), (p - b) / 1048576, w }' >>"$WORK/gv-runaway"
+			awk -v k="$kind" -v rc="$rc" -v p="$peak" -v b="$base" -v w=$(((t1 - t0) / 1000)) -v lim="$MIB64" -v line="$verdict" '
+				function field(key,   m) { return match(line, " " key "=[^ ;]*") ? substr(line, RSTART + length(key) + 2, RLENGTH - length(key) - 2) : "" }
+				function ms(d,   v) {
+					if (d == "") return "-"
+					v = d + 0
+					if (d ~ /ms$/) return sprintf("%.1f", v)
+					if (d ~ /µs$|us$/) return sprintf("%.3f", v / 1000)
+					if (d ~ /ns$/) return sprintf("%.6f", v / 1e6)
+					return sprintf("%.1f", v * 1000)
+				}
+				BEGIN {
+					u = field("usage")
+					printf "%s %s %s %s %s %.0f %s\n", k, rc, u == "" ? "-" : sprintf("%.1f", (u - lim) / 1048576),
+						ms(field("woke_to_kill")), ms(field("kill_to_exit")), (p - b) / 1048576, w
+				}' >>"$WORK/gv-runaway"
 		done
 	done
 	gv_clean
+}
+
+# Issue 20's matrix: a container's own limit (64 MiB) against allocations
+# that take it over at once, oomguard beside runsc alone, ptrace and
+# systrap, with and without a 100 MB neighbour (oomguard-bench burst).
+# Results: $WORK/gv-burst.tsv (one line per container) and
+# $WORK/gv-burst.md (the table).
+phase_gvisor_burst() {
+	note "gvisor bursts: sizes $BURST_SIZES MiB, $BURST_RUNS runs each, ptrace and systrap"
+	"$BENCH_BIN" burst --ctr "$CTR_BIN" --address "$DIR/containerd.sock" --namespace "$NS" \
+		--rootfs "$ROOTFS" --work "$WORK" --log "$DIR/containerd.log" --runsc "$RUNSC_NEW" \
+		--runs "$BURST_RUNS" --sizes "$BURST_SIZES" --limit "$MIB64" \
+		--table "$WORK/gv-burst.md" >"$WORK/gv-burst.tsv" || die "oomguard-bench burst failed"
 }
 
 phase_gvisor() {
@@ -665,6 +692,7 @@ phase_gvisor() {
 	phase_gvisor_idle nolimits
 	phase_gvisor_sample
 	phase_gvisor_runaway
+	phase burst && phase_gvisor_burst
 }
 
 # ---------------------------------------------------------------- report
@@ -827,7 +855,7 @@ report_gvisor() {
 		"$(gv gv-sample urpc_wall_us)" "$(gv gv-sample urpc_cpu_us)" "$(gv gv-sample urpc_sandbox_us)"
 	printf '| runsc read-control, one file | %s | %s | %s |\n' \
 		"$(gv gv-sample cli_wall_us)" "$(gv gv-sample cli_cpu_us)" "$(gv gv-sample cli_sandbox_us)"
-	printf '\n| runaway under a 64 MiB limit, %s runs | exit codes | over the limit when seen, MiB (mean / max) | seen to killed, ms (mean / max) | seen to exit verdict, ms (mean / max) | sandbox memcg peak growth, MiB (mean / max) | ctr run, ms (mean) |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |\n' "$R"
+	printf '\n| runaway under a 64 MiB limit, %s runs | exit codes | over the limit when read, MiB (mean / max) | wake to kill sent, ms (mean / max) | kill to exit, ms (mean / max) | sandbox memcg peak growth, MiB (mean / max) | ctr run, ms (mean) |\n| --- | --- | ---: | ---: | ---: | ---: | ---: |\n' "$R"
 	for kind in dd sort; do
 		awk -v k="$kind" '$1 == k {
 			codes = codes (codes == "" ? "" : ",") $2
@@ -840,6 +868,11 @@ report_gvisor() {
 		}' "$WORK/gv-runaway"
 	done
 	printf '\nStock gVisor enforces no container'"'"'s own limit in a pod: the same runaways complete (exit 0).\n'
+	if [[ -s $WORK/gv-burst.md ]]; then
+		printf '\n### Bursts against a container'"'"'s own 64 MiB limit (runsc %s, %s runs each)\n\n' "${RUNSC_NEW_VERSION:-20240729}" "$BURST_RUNS"
+		cat "$WORK/gv-burst.md"
+		awk -F'\t' '$1 == "alive" { n++; if ($5 == 1) ok++ } END { if (n) printf "\nThe idle container A (and the hog) still running after every pod: %d of %d.\n", ok, n }' "$WORK/gv-burst.tsv"
+	fi
 }
 
 # ---------------------------------------------------------------- main
@@ -908,6 +941,7 @@ for VER in "${VERS[@]}"; do
 	[[ ! -s $WORK/oomlat.tsv ]] || cp "$WORK/oomlat.tsv" "$CACHE/bench/oom-latency-$VER.tsv"
 	[[ ! -s $WORK/oomlat-shim.tsv ]] || cp "$WORK/oomlat-shim.tsv" "$CACHE/bench/oom-latency-shim-$VER.tsv"
 	[[ ! -s $WORK/storm.tsv ]] || cp "$WORK/storm.tsv" "$CACHE/bench/storm-$VER.tsv"
+	[[ ! -s $WORK/gv-burst.tsv ]] || cp "$WORK/gv-burst.tsv" "$CACHE/bench/gvisor-burst-$VER.tsv"
 	if [[ -s $WORK/gv-runaway ]]; then
 		cp "$WORK/gv-runaway" "$CACHE/bench/gvisor-runaway-$VER.txt"
 		cp "$WORK/gv-runaway.log" "$CACHE/bench/gvisor-runaway-$VER.log"

@@ -5,6 +5,11 @@
 //! oomguard-bench latency COMMON --runs N
 //! oomguard-bench storm   COMMON --count N [--parallel P]
 //! oomguard-bench kmsg-flood --rate LINES_PER_S --seconds S
+//! oomguard-bench burst   --ctr PATH --address SOCK --namespace NS --rootfs DIR
+//!                        --work DIR --log CONTAINERD_LOG --runsc PATH
+//!                        [--platforms ptrace,systrap] [--sizes 68,72,...]
+//!                        [--runs N] [--limit BYTES] [--kinds oomguard,stock]
+//!                        --table FILE
 //! COMMON: --ctr PATH --address SOCK --namespace NS --rootfs DIR --work DIR
 //!         --cgroup-parent /P [--limit BYTES] [--alloc-mb MB] [--own-rootfs 1]
 //!         --kind NAME,RUNTIME[,CTR_RUN_ARG...]...
@@ -29,10 +34,14 @@
 //! SHIM_CPU_MS` (the kind's shims' CPU from the release to the last exit,
 //! with the runtime binaries they ran).
 //!
+//! `burst`: a container's own limit in a gVisor pod against allocations
+//! that take it over at once (see `burst.rs`).
+//!
 //! `kmsg-flood`: writes paced lines to `/dev/kmsg` (the caller sets
 //! `kernel.printk_devkmsg=on`, or the kernel keeps 10 per 5 s) and prints
 //! how many it wrote.
 
+mod burst;
 mod ctr;
 mod latency;
 mod memcg;
@@ -136,6 +145,40 @@ impl Args {
         }
     }
 
+    fn list(&self, key: &str, default: &str) -> Vec<String> {
+        self.opt(key)
+            .unwrap_or(default)
+            .split(',')
+            .filter(|s| !s.is_empty())
+            .map(str::to_string)
+            .collect()
+    }
+
+    fn burst(&self) -> Result<burst::Burst, String> {
+        let sizes = self
+            .list("sizes", "68,72,80,96,120,300")
+            .iter()
+            .map(|s| s.parse().map_err(|_| format!("--sizes: {s}: not a number")))
+            .collect::<Result<Vec<u64>, _>>()?;
+        Ok(burst::Burst {
+            ctr: ctr::Ctr {
+                bin: self.get("ctr")?.into(),
+                address: self.get("address")?.into(),
+                namespace: self.get("namespace")?.into(),
+            },
+            rootfs: self.get("rootfs")?.into(),
+            work: self.get("work")?.into(),
+            log: self.get("log")?.into(),
+            runsc: self.get("runsc")?.into(),
+            platforms: self.list("platforms", "ptrace,systrap"),
+            sizes,
+            runs: self.num("runs", 10)?,
+            limit: self.num("limit", 64 << 20)?,
+            kinds: self.list("kinds", "oomguard,stock"),
+            table: self.get("table")?.into(),
+        })
+    }
+
     fn common(&self) -> Result<Common, String> {
         let kinds = self
             .values
@@ -176,13 +219,16 @@ impl Args {
 fn main() -> ExitCode {
     let argv: Vec<String> = std::env::args().skip(1).collect();
     let Some((cmd, rest)) = argv.split_first() else {
-        eprintln!("usage: oomguard-bench latency|storm|kmsg-flood ARGS (see the source's header)");
+        eprintln!(
+            "usage: oomguard-bench latency|storm|kmsg-flood|burst ARGS (see the source's header)"
+        );
         return ExitCode::from(2);
     };
     let result = Args::parse(rest).and_then(|a| match cmd.as_str() {
         "latency" => latency::run(&a.common()?, a.num("runs", 20)?),
         "storm" => storm::run(&a.common()?, a.num("count", 200)?, a.num("parallel", 4)?),
         "kmsg-flood" => flood(a.num("rate", 2000)?, a.num("seconds", 10)?),
+        "burst" => a.burst()?.run(),
         other => Err(format!("unknown command '{other}'")),
     });
     match result {

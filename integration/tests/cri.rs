@@ -418,11 +418,12 @@ fn working_set(c: &Cri, id: &str) -> u64 {
 }
 
 /// A gVisor pod without a pod limit whose containers have their own (the
-/// issue's pod: A sleeps, B reads 300 MB at once, 64 MiB each), under runsc
-/// 20240729, which accounts each container's memory apart: B is
-/// `OOMKilled` 137 alone; A, and a container without a limit holding 100
-/// MB, live on; a container under its limit completes; ContainerStats gives
-/// each container its own memory.
+/// issue's pod: A sleeps, B reads 68, 80 or 300 MB at once, 64 MiB each),
+/// under runsc 20240729, which accounts each container's memory apart:
+/// every B is `OOMKilled` 137 alone, its kill sent before it could exit;
+/// A, and a container without a limit holding 100 MB, live on; a container
+/// under its limit completes; ContainerStats gives each container its own
+/// memory.
 fn runsc_container_limits(version: &str) {
     ensure_runsc();
     let c = Cri::start_with_runsc_20240729(version);
@@ -447,8 +448,22 @@ fn runsc_container_limits(version: &str) {
     let ws = working_set(&c, &a);
     assert!(ws > 0 && ws < 16 << 20, "A's own working set {ws}");
 
-    let b = c.run_container(&pod, "b", DD300, Some(MIB64));
-    assert_eq!(c.exit_of(&b), reason(137, "OOMKilled"));
+    // Bursts over B's own limit, from just past it to far past it, each
+    // one allocation that completes in tens of ms: every one is killed
+    // (the watch stops the sandbox when the pod's memcg rises to the level
+    // and reads B before the allocation can return), never left to finish.
+    let mut bursts = Vec::new();
+    for mib in [68, 80, 300] {
+        let cmd = format!("dd if=/dev/zero of=/dev/null bs={mib}M count=1");
+        let b = c.run_container(&pod, &format!("b{mib}"), &cmd, Some(MIB64));
+        assert_eq!(
+            c.exit_of(&b),
+            reason(137, "OOMKilled"),
+            "B allocating {mib} MiB"
+        );
+        bursts.push(b);
+    }
+    let b = bursts.pop().unwrap();
     let fits = c.run_container(
         &pod,
         "fits",
@@ -466,13 +481,17 @@ fn runsc_container_limits(version: &str) {
         (r.exit_code, String::from_utf8_lossy(&r.stdout).to_string()),
         (0, "alive\n".to_string())
     );
-    let verdict = c
-        .log()
-        .lines()
-        .find(|l| l.contains(&format!("verdict id={b} own_limit:")))
-        .map(str::to_string)
-        .unwrap_or_default();
-    assert!(verdict.contains("limit=67108864"), "{verdict}");
+    let log = c.log();
+    for id in bursts.iter().chain([&b]) {
+        let verdict = log
+            .lines()
+            .find(|l| l.contains(&format!("verdict id={id} own_limit:")))
+            .unwrap_or_default();
+        assert!(
+            verdict.contains("limit=67108864") && verdict.contains(" kill=sent "),
+            "{verdict}"
+        );
+    }
     c.remove_pod(&pod);
     c.assert_clean();
 }

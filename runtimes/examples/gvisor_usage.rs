@@ -8,7 +8,7 @@
 
 use std::time::Instant;
 
-use oomguard_runtimes::gvisor::usage::{ContainerMemcg, ControlClient};
+use oomguard_runtimes::gvisor::usage::GvisorSandbox;
 
 fn cpu_us() -> u64 {
     // SAFETY: getrusage only writes the struct it is given.
@@ -40,23 +40,31 @@ fn main() {
             std::process::exit(1);
         }
     };
-    let memcg = ContainerMemcg::new(ControlClient::new(socket.into()), id);
+    let sandbox = GvisorSandbox::new(socket.into());
     let result = rt.block_on(async {
-        // One untimed sample: connection set-up paths warm.
-        memcg.read().await?;
+        // One untimed sample: the kept connection is made.
+        sandbox.read(&[id]).await?;
         let (t0, c0) = (Instant::now(), cpu_us());
         let mut last = None;
         for _ in 0..n {
-            last = Some(memcg.read().await?);
+            last = Some(sandbox.read(&[id]).await?);
         }
-        Ok::<_, oomguard_runtimes::gvisor::usage::UsageError>((t0.elapsed(), cpu_us() - c0, last))
+        Ok::<_, oomguard_runtimes::gvisor::control::ControlError>((
+            t0.elapsed(),
+            cpu_us() - c0,
+            last,
+        ))
     });
     match result {
         Ok((wall, cpu, Some(u))) => println!(
             "samples {n} wall_us {:.1} cpu_us {:.1} usage {} sandbox {}",
             wall.as_micros() as f64 / f64::from(n),
             cpu as f64 / f64::from(n),
-            u.container,
+            u.containers
+                .first()
+                .and_then(|c| c.as_ref().ok())
+                .copied()
+                .unwrap_or(0),
             u.sandbox
         ),
         Ok((_, _, None)) => unreachable!("n > 0"),

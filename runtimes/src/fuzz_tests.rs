@@ -467,3 +467,69 @@ fn fuzz_pod_annotations() {
         },
     );
 }
+
+/// Answers of the sandbox's control server (untrusted: the sandbox runs the
+/// application): real answers of runsc 20240729 mutated as text, and
+/// generated `Cgroups.ReadControlFiles` results whose values are of any
+/// shape. An answer is a reading, "read more", or an error naming the
+/// answer, the result or the file; never a panic, never a container's
+/// figure taken from another file.
+#[test]
+fn fuzz_control_answers() {
+    use crate::gvisor::urpc::{file_answers, parse_answer, Outcome};
+    use crate::gvisor::usage::usage_from_answers;
+    let seeds: Vec<String> = vec![
+        r#"{"success":true,"err":"","result":{"results":[{"value":"6021120","is_error":false},{"value":"2007040","is_error":false}]}}"#.into(),
+        r#"{"success":true,"err":"","result":{"results":[{"value":"6021120","is_error":false},{"value":"no such file or directory","is_error":true}]}}"#.into(),
+        r#"{"success":false,"err":"unknown method","result":null}"#.into(),
+        r#"{"success":true,"err":"","result":{}}"#.into(),
+    ];
+    let value = prop_oneof![
+        3 => (0u64..1 << 40).prop_map(|n| n.to_string()),
+        1 => "[ -~]{0,12}",
+        1 => Just("-1".to_string()),
+        1 => Just("18446744073709551616".to_string()),
+    ];
+    let generated = prop::collection::vec((value, any::<bool>()), 0..4).prop_map(|rs| {
+        let results: Vec<serde_json::Value> = rs
+            .into_iter()
+            .map(|(v, e)| serde_json::json!({"value": v, "is_error": e}))
+            .collect();
+        serde_json::json!({"success": true, "err": "", "result": {"results": results}}).to_string()
+    });
+    let strategy = prop_oneof![1 => generated, 2 => mutated_text(seeds)];
+    let cgroups = vec!["/a".to_string()];
+    run("sandbox control server answers", strategy, |text| {
+        let outcome = match parse_answer(text.as_bytes()) {
+            Ok(None) => return Ok(Ok(())),
+            Ok(Some(o)) => o,
+            Err(e) => return named(e, &["answer"]),
+        };
+        let result = match outcome {
+            Outcome::Failed(e) => {
+                prop_assert!(e.chars().count() <= 200);
+                return Ok(Ok(()));
+            }
+            Outcome::Done(r) => r,
+        };
+        let answers = match file_answers(result, 2) {
+            Ok(a) => a,
+            Err(e) => return named(e, &["result", "answers"]),
+        };
+        prop_assert_eq!(answers.len(), 2);
+        match usage_from_answers(&cgroups, answers.clone()) {
+            Ok(u) => {
+                prop_assert_eq!(u.containers.len(), 1);
+                let root: u64 = answers[0].as_ref().unwrap().trim().parse().unwrap();
+                prop_assert!(u.sandbox >= root);
+                match (&answers[1], &u.containers[0]) {
+                    (Ok(v), Ok(n)) => prop_assert_eq!(v.trim().parse::<u64>().ok(), Some(*n)),
+                    (_, Err(e)) => prop_assert!(e.starts_with("/a/memory.usage_in_bytes: ")),
+                    (Err(_), Ok(_)) => prop_assert!(false, "an error read as a figure"),
+                }
+                Ok(Ok(()))
+            }
+            Err(e) => named(e, &["/memory.usage_in_bytes"]),
+        }
+    });
+}

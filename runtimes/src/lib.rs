@@ -123,23 +123,39 @@ pub struct ContainerState {
     pub bundle: String,
 }
 
-/// One sample of a container's own memory usage inside a shared sandbox.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct OwnUsage {
-    /// Bytes the runtime charges to this container.
-    pub container: u64,
-    /// Bytes it charges to all containers of the sandbox together (the
+/// One reading of a shared sandbox's memory, as its runtime accounts it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SandboxUsage {
+    /// Bytes charged to all containers of the sandbox together (the
     /// sandbox process's host memcg holds these plus the sandbox's own
     /// overhead).
     pub sandbox: u64,
+    /// Each asked container's own bytes, in the order asked, or why they
+    /// could not be read.
+    pub containers: Vec<std::result::Result<u64, String>>,
 }
 
-/// Reads a container's own memory usage from its runtime.
+/// A sandbox whose containers share one host memcg (a gVisor pod), whose
+/// runtime accounts each container's memory and can stop the sandbox's
+/// tasks and kill one container's processes. What the shim needs to
+/// enforce a container's own memory limit where the kernel cannot.
 #[async_trait]
-pub trait OwnUsageSampler: Send + Sync {
-    async fn sample(&self) -> std::result::Result<OwnUsage, String>;
-    /// Where the figures come from, for log lines.
-    fn source(&self) -> String;
+pub trait SharedSandbox: Send + Sync {
+    /// The same for every container of the sandbox: a shim enforces the
+    /// limits of one sandbox's containers together.
+    fn key(&self) -> String;
+    /// Where container `id`'s figures come from, for log lines.
+    fn source(&self, id: &str) -> String;
+    /// The sandbox's and each container's usage, in one reading.
+    async fn usage(&self, ids: &[&str]) -> std::result::Result<SandboxUsage, String>;
+    /// Stops every task of the sandbox before it runs application code
+    /// again (a task in a system call finishes the call first); returns
+    /// once none runs. Each freeze needs its [`thaw`](Self::thaw).
+    async fn freeze(&self) -> std::result::Result<(), String>;
+    async fn thaw(&self) -> std::result::Result<(), String>;
+    /// SIGKILL to every process of container `id`; a frozen task takes it
+    /// before it runs again.
+    async fn kill(&self, id: &str) -> std::result::Result<(), String>;
 }
 
 /// How a container's own memory usage is known.
@@ -148,13 +164,8 @@ pub enum OwnMemory {
     /// limit and the memcg reports its usage.
     HostMemcg,
     /// The container shares its host memcg with others (a container that
-    /// joined a gVisor sandbox); the runtime accounts its own usage. `first`
-    /// is the sample that showed it: it may have waited behind a large
-    /// allocation, and must be judged like any other.
-    Sampled {
-        sampler: Arc<dyn OwnUsageSampler>,
-        first: OwnUsage,
-    },
+    /// joins a gVisor sandbox); the runtime accounts its own usage.
+    Shared(Arc<dyn SharedSandbox>),
     /// The container shares its host memcg and the runtime keeps no usage of
     /// its own: why.
     Unavailable(String),
@@ -210,7 +221,9 @@ pub trait OciRuntime: Send + Sync {
         None
     }
 
-    /// After Start: how the container's own memory usage can be read.
+    /// After Create, before Start: how the container's own memory usage
+    /// can be read (a shared sandbox's container has no figure of its own
+    /// until it starts, but its limit is watched from the first byte).
     async fn own_memory(&self, _id: &str) -> OwnMemory {
         OwnMemory::HostMemcg
     }

@@ -22,7 +22,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::command::{self, Streams};
 use crate::gvisor::monitor;
-use crate::gvisor::usage::{self, ContainerMemcg, ControlClient, UsageError};
+use crate::gvisor::usage::{self, GvisorSandbox};
 use crate::reaper::reaper;
 use crate::runc::Runc;
 use crate::spec::{self, PodRole};
@@ -308,7 +308,9 @@ impl OciRuntime for Runsc {
 
     /// A root container's host memcg is the sandbox's own (its limit is the
     /// pod's); a joining container's usage is the sentry's memory cgroup of
-    /// that container, where the runsc release keeps one.
+    /// that container, where the runsc release keeps one. Asked before
+    /// Start: the sandbox answers already, the container's own cgroup
+    /// appears when it starts.
     async fn own_memory(&self, id: &str) -> OwnMemory {
         if !self.joins {
             return OwnMemory::HostMemcg;
@@ -328,22 +330,9 @@ impl OciRuntime for Runsc {
                 usage::PER_CONTAINER_MEMCG_SINCE
             ));
         }
-        let socket = match usage::control_socket(&self.root, id, sandbox) {
-            Ok(s) => s,
-            Err(e) => return OwnMemory::Unavailable(format!("no sandbox control socket: {e}")),
-        };
-        let memcg = ContainerMemcg::new(ControlClient::new(socket), id);
-        match memcg.read().await {
-            Ok(first) => OwnMemory::Sampled {
-                sampler: Arc::new(memcg),
-                first,
-            },
-            Err(e @ UsageError::File { .. }) => OwnMemory::Unavailable(format!(
-                "the container has no memory cgroup in its sandbox (runsc {} makes one only \
-                 for a container whose spec mounts cgroupfs at /sys/fs/cgroup, as CRI's do): {e}",
-                release.map_or_else(|| "?".into(), |r| r.to_string())
-            )),
-            Err(e) => OwnMemory::Unavailable(e.to_string()),
+        match usage::control_socket(&self.root, id, sandbox) {
+            Ok(socket) => OwnMemory::Shared(Arc::new(GvisorSandbox::new(socket))),
+            Err(e) => OwnMemory::Unavailable(format!("no sandbox control socket: {e}")),
         }
     }
 

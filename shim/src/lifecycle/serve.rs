@@ -80,6 +80,8 @@ async fn serve(flags: &Flags, ttrpc_address: String) -> Result<(), String> {
         _ = term.recv() => (signalled("SIGTERM", &service), true),
         _ = int.recv() => (signalled("SIGINT", &service), true),
     };
+    // No sandbox may stay frozen by a round this shim leaves unfinished.
+    crate::oom::own_limit::quiesce(grace).await;
     // What is owed goes out first, within `grace`: the events queued for
     // containerd, and the answers of RPCs still running (the server's
     // shutdown drops running handlers; CI once saw a Kill whose exit led to

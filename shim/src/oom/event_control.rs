@@ -18,9 +18,34 @@ pub struct MemcgEvent {
     _file: File,
 }
 
+/// A registration made off the runtime (see [`MemcgEvent::register_detached`]),
+/// not yet in the shim's epoll set.
+pub struct Detached {
+    efd: OwnedFd,
+    watched: File,
+}
+
+impl Detached {
+    /// Puts the eventfd in the runtime's epoll set.
+    pub fn attach(self) -> io::Result<MemcgEvent> {
+        Ok(MemcgEvent {
+            // SAFETY: the descriptor is owned here and registered once.
+            fd: unsafe { AsyncFd::register(self.efd) }.map_err(|e| e.into_parts().1)?,
+            _file: self.watched,
+        })
+    }
+}
+
 impl MemcgEvent {
     /// Writes "<eventfd> <fd of DIR/FILE>[ ARGS]" to DIR/cgroup.event_control.
     pub fn register(dir: &Path, file: &str, args: Option<&str>) -> io::Result<MemcgEvent> {
+        Self::register_detached(dir, file, args)?.attach()
+    }
+
+    /// The same, without the runtime: a usage threshold's registration
+    /// waits for an RCU grace period in the kernel (7–38 ms measured here,
+    /// each), so it is made on a blocking thread.
+    pub fn register_detached(dir: &Path, file: &str, args: Option<&str>) -> io::Result<Detached> {
         let watched = File::open(dir.join(file))?;
         let efd = EventFd::from_value_and_flags(0, EfdFlags::EFD_CLOEXEC | EfdFlags::EFD_NONBLOCK)
             .map_err(io::Error::from)?;
@@ -34,11 +59,7 @@ impl MemcgEvent {
             .write(true)
             .open(dir.join("cgroup.event_control"))?
             .write_all(line.as_bytes())?;
-        Ok(MemcgEvent {
-            // SAFETY: the descriptor is owned here and registered once.
-            fd: unsafe { AsyncFd::register(efd) }.map_err(|e| e.into_parts().1)?,
-            _file: watched,
-        })
+        Ok(Detached { efd, watched })
     }
 
     /// Resolves at the next event(s); returns how many the kernel counted.

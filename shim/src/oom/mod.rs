@@ -2,11 +2,11 @@
 //! (counters, notifications, the kernel log) and the verdict made from them
 //! when a process exits.
 
-pub mod container_limit;
 mod event_control;
 pub mod kmsg;
 pub mod memcg;
 mod notify;
+pub mod own_limit;
 mod pressure;
 mod recheck;
 mod sweep;
@@ -14,7 +14,7 @@ mod threshold;
 mod verdict;
 mod watch;
 
-pub use container_limit::ContainerMemory;
+pub use own_limit::ContainerMemory;
 pub use verdict::Verdict;
 pub use watch::OomWatch;
 

@@ -11,7 +11,7 @@
 use std::io;
 
 use super::event_control::MemcgEvent;
-use super::memcg::Memcg;
+use super::memcg::{key_values, Memcg};
 
 /// The memcg's current usage in bytes (v1 `memory.usage_in_bytes`, v2
 /// `memory.current`).
@@ -29,11 +29,32 @@ pub fn usage(memcg: &Memcg) -> io::Result<u64> {
     })
 }
 
+/// The memcg's shmem in bytes, from `memory.stat`: v1's hierarchical
+/// `total_shmem` where the kernel keeps it, else `shmem` (v2's is
+/// hierarchical). `None` when the file has neither line.
+pub fn shmem(memcg: &Memcg) -> io::Result<Option<u64>> {
+    let file = memcg.path().join("memory.stat");
+    let text = std::fs::read_to_string(&file)?;
+    parse_shmem(&text).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("{}: {e}", file.display()),
+        )
+    })
+}
+
+pub fn parse_shmem(stat: &str) -> Result<Option<u64>, String> {
+    let pairs = key_values(stat)?;
+    let find = |key: &str| pairs.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+    Ok(find("total_shmem").or_else(|| find("shmem")))
+}
+
 /// One v1 usage threshold registration.
 pub struct Threshold(MemcgEvent);
 
 impl Threshold {
     /// Registers `bytes` on a v1 memcg. v2: `ErrorKind::Unsupported`.
+    #[cfg(test)]
     pub fn arm(memcg: &Memcg, bytes: u64) -> io::Result<Threshold> {
         let Memcg::V1(dir) = memcg else {
             return Err(io::Error::new(
@@ -43,6 +64,24 @@ impl Threshold {
         };
         let bytes = bytes.to_string();
         MemcgEvent::register(dir, "memory.usage_in_bytes", Some(&bytes)).map(Threshold)
+    }
+
+    /// [`arm`](Self::arm) on a blocking thread: the kernel waits for an RCU
+    /// grace period (tens of ms) in each registration, and the shim's one
+    /// runtime thread must not.
+    pub async fn arm_off_runtime(memcg: &Memcg, bytes: u64) -> io::Result<Threshold> {
+        let Memcg::V1(dir) = memcg.clone() else {
+            return Err(io::Error::new(
+                io::ErrorKind::Unsupported,
+                "cgroup v2 has no usage threshold notification",
+            ));
+        };
+        let detached = tokio::task::spawn_blocking(move || {
+            MemcgEvent::register_detached(&dir, "memory.usage_in_bytes", Some(&bytes.to_string()))
+        })
+        .await
+        .map_err(|e| io::Error::other(format!("threshold registration: {e}")))??;
+        detached.attach().map(Threshold)
     }
 
     /// Resolves when the usage has crossed the level (or the memcg went away).
@@ -110,6 +149,20 @@ mod tests {
             .unwrap();
         drop(t);
         std::fs::remove_dir(&dir).unwrap();
+    }
+
+    /// `memory.stat` excerpts of this machine's v1 memcg of a gVisor sandbox
+    /// (holding a 100 MB container) and of a v2 kernel's.
+    #[test]
+    fn shmem_lines() {
+        let v1 = "cache 107270144\nrss 19083264\nshmem 107163648\nmapped_file 107270144\ntotal_cache 107270144\ntotal_rss 19083264\ntotal_shmem 107167744\n";
+        assert_eq!(parse_shmem(v1), Ok(Some(107167744)));
+        let v1_flat = "cache 4096\nshmem 8192\n";
+        assert_eq!(parse_shmem(v1_flat), Ok(Some(8192)));
+        let v2 = "anon 1327104\nfile 139264\nkernel 274432\nshmem 0\nfile_mapped 0\n";
+        assert_eq!(parse_shmem(v2), Ok(Some(0)));
+        assert_eq!(parse_shmem("cache 1\n"), Ok(None));
+        assert!(parse_shmem("shmem lots\n").unwrap_err().contains("shmem"));
     }
 
     #[test]

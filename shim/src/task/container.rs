@@ -14,7 +14,7 @@ use oomguard_runtimes::{CreateOptions, ExecOptions, ExitReceiver, OciRuntime};
 
 use crate::config::RuntimeConfig;
 use crate::events::Publisher;
-use crate::oom::container_limit::limit_of;
+use crate::oom::own_limit::limit_of;
 use crate::oom::{oom_group_for, ContainerMemory, OomWatch};
 use crate::rootfs;
 use crate::rpc::{self, RpcResult};
@@ -232,12 +232,15 @@ impl Container {
                 )))
             }
         }
-        self.runtime
-            .start(&self.id)
-            .await
-            .map_err(rpc::from_runtime)?;
+        // A container sharing its sandbox's memcg is watched from its first
+        // instruction: a burst in its first milliseconds is one too.
+        self.own_memory
+            .arm(self.runtime.clone(), self.init.pid())
+            .await;
+        let started = self.runtime.start(&self.id).await;
+        self.own_memory.started(started.is_ok()).await;
+        started.map_err(rpc::from_runtime)?;
         self.init.set_state(State::Running);
-        self.own_memory.begin(self.runtime.clone(), self.init.pid());
         Ok(self.init.pid())
     }
 

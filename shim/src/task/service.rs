@@ -523,7 +523,7 @@ impl Task for TaskService {
             let (usage, _source) = own.map_err(|e| {
                 rpc::internal(format!("stats of {}: its own memory usage: {e}", req.id))
             })?;
-            stats = metrics::with_own_memory(stats, usage.container, container.own_memory.limit())
+            stats = metrics::with_own_memory(stats, usage, container.own_memory.limit())
                 .map_err(|e| rpc::internal(format!("stats of {}: {e}", req.id)))?;
         }
         let mut resp = StatsResponse::new();
