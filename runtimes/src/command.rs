@@ -52,10 +52,19 @@ pub async fn run(mut cmd: Command, streams: Streams) -> io::Result<Output> {
                 .stderr(stdio(stderr));
         }
     }
-    let (mut child, exit) = reaper().spawn(&mut cmd)?;
-    // The parent's copies of handed-over descriptors must close now, or a
-    // reader of the container's stdout would never see EOF.
-    drop(cmd);
+    // Spawning waits until the child has exec'd (Rust learns of a failed
+    // exec through a pipe), and a child that must wait for a CPU held the
+    // shim's one runtime thread for a quarter of a second on a busy host:
+    // spawn on a blocking thread. The parent's copies of handed-over
+    // descriptors close with `cmd` there, or a reader of the container's
+    // stdout would never see EOF.
+    let (mut child, exit) = tokio::task::spawn_blocking(move || {
+        let spawned = reaper().spawn(&mut cmd);
+        drop(cmd);
+        spawned
+    })
+    .await
+    .map_err(|e| io::Error::other(format!("spawn: {e}")))??;
     let (mut stdout, mut stderr) = (Vec::new(), Vec::new());
     if capture {
         let out = child.stdout.take().map(OwnedFd::from);

@@ -165,6 +165,7 @@ impl Reaper {
     /// Spawns `cmd` and returns a receiver for its exit. The waiter is in
     /// place before the child can be reaped.
     pub fn spawn(&self, cmd: &mut Command) -> io::Result<(Child, ExitReceiver)> {
+        reset_child_nice(cmd);
         let mut table = self.lock();
         let child = cmd.spawn()?;
         let pid = child.id() as i32;
@@ -209,6 +210,36 @@ impl Drop for EarlyExitHold {
         if table.holds == 0 {
             table.early.clear();
         }
+    }
+}
+
+/// The nice value the shim started with, once its runtime thread runs at
+/// another (`CHILD_NICE_UNSET` until then).
+static CHILD_NICE: std::sync::atomic::AtomicI32 =
+    std::sync::atomic::AtomicI32::new(CHILD_NICE_UNSET);
+const CHILD_NICE_UNSET: i32 = i32::MIN;
+
+/// Children inherit the nice value of the thread that spawns them: once the
+/// shim's thread runs at a raised priority, what it starts (runtime
+/// commands, a sandbox's gofers, logging binaries) must run at the shim's
+/// original one.
+pub fn set_child_nice(nice: i32) {
+    CHILD_NICE.store(nice, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// Has `cmd` set the nice value of [`set_child_nice`] in the child.
+pub fn reset_child_nice(cmd: &mut Command) {
+    let nice = CHILD_NICE.load(std::sync::atomic::Ordering::Relaxed);
+    if nice == CHILD_NICE_UNSET {
+        return;
+    }
+    // SAFETY: setpriority is async-signal-safe; nothing else runs between
+    // fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(cmd, move || {
+            libc::setpriority(libc::PRIO_PROCESS, 0, nice);
+            Ok(())
+        });
     }
 }
 

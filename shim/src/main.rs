@@ -42,6 +42,8 @@ fn main() {
             "unknown action {other:?} (start, delete, or none to serve)"
         )),
     };
+    // The serving shim's log lines still queued go out before it exits.
+    log::logger().flush();
     if let Err(e) = result {
         eprintln!("containerd-shim-oomguard-v2: {e}");
         std::process::exit(1);

@@ -9,8 +9,8 @@
 //! through the sandbox's control server (the socket `runsc read-control`
 //! uses), every container of the pod and the root in one call on a kept
 //! connection: about 0.2 ms, where running `runsc read-control` costs ~20 ms
-//! wall and ~11 ms CPU per file. The same connection pauses and resumes the
-//! sandbox's tasks and signals one container's processes. Older runsc
+//! wall and ~11 ms CPU per file. A second kept connection pauses and
+//! resumes the sandbox's tasks and signals one container's processes. Older runsc
 //! (20221219) keeps one sandbox-wide figure only. Facts and measurements:
 //! `NOTES.md` §6 and §7.
 
@@ -146,16 +146,21 @@ pub fn usage_from_answers(
     })
 }
 
-/// A gVisor sandbox reached through its control socket.
+/// A gVisor sandbox reached through its control socket, on two kept
+/// connections: the server serves each connection's calls in order, and a
+/// reading can wait on a busy sandbox (50 ms seen on a saturated host),
+/// which must not hold back the pause that stops the sandbox.
 pub struct GvisorSandbox {
     socket: PathBuf,
-    connection: Mutex<ControlConnection>,
+    reads: Mutex<ControlConnection>,
+    controls: Mutex<ControlConnection>,
 }
 
 impl GvisorSandbox {
     pub fn new(socket: PathBuf) -> Self {
         GvisorSandbox {
-            connection: Mutex::new(ControlConnection::new(socket.clone())),
+            reads: Mutex::new(ControlConnection::new(socket.clone())),
+            controls: Mutex::new(ControlConnection::new(socket.clone())),
             socket,
         }
     }
@@ -164,7 +169,7 @@ impl GvisorSandbox {
     pub async fn read(&self, ids: &[&str]) -> Result<SandboxUsage, ControlError> {
         let cgroups: Vec<String> = ids.iter().map(|id| container_cgroup(id)).collect();
         let answers = self
-            .connection
+            .reads
             .lock()
             .await
             .read_files(&usage_files(&cgroups))
@@ -196,17 +201,17 @@ impl SharedSandbox for GvisorSandbox {
     }
 
     async fn freeze(&self) -> Result<(), String> {
-        let mut c = self.connection.lock().await;
+        let mut c = self.controls.lock().await;
         c.pause().await.map_err(|e| e.to_string())
     }
 
     async fn thaw(&self) -> Result<(), String> {
-        let mut c = self.connection.lock().await;
+        let mut c = self.controls.lock().await;
         c.resume().await.map_err(|e| e.to_string())
     }
 
     async fn kill(&self, id: &str) -> Result<(), String> {
-        let mut c = self.connection.lock().await;
+        let mut c = self.controls.lock().await;
         c.signal_all(id, libc::SIGKILL)
             .await
             .map_err(|e| e.to_string())

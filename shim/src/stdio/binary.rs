@@ -81,6 +81,7 @@ pub async fn start_logger(uri: &str, namespace: &str, id: &str) -> io::Result<(O
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null());
+    oomguard_runtimes::reaper::reset_child_nice(&mut cmd);
     let fds = [out_r.as_raw_fd(), err_r.as_raw_fd(), ready_w.as_raw_fd()];
     // SAFETY: only async-signal-safe calls (dup2) between fork and exec.
     unsafe {

@@ -15,9 +15,12 @@
 //!
 //! The levels are armed before a member's container starts (it counts as
 //! using nothing until its memory cgroup exists), so a burst in its first
-//! milliseconds is watched too. Rounds not woken by a rise (a fall of the
-//! host memcg, a member starting, the safety reading every [`SAFETY`]) do
-//! not stop the sandbox.
+//! milliseconds is watched too, and the round after its Start pauses the
+//! sandbox as well. Rounds woken otherwise (a fall of the host memcg, a
+//! member joining, the safety reading every [`SAFETY`]) do not stop it. A
+//! pause is sent before the round waits for one in flight: on a saturated
+//! host a reading took 50 ms, and a pause queued behind it came after the
+//! burst it was for.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, OnceLock, Weak};
@@ -57,7 +60,8 @@ pub enum Wake {
     Fall,
     /// A container joined (before its Start).
     Join,
-    /// A container's Start returned.
+    /// A container's Start returned: the sandbox is paused for the
+    /// reading too (the container may be allocating already).
     Start,
     /// Nothing woke the watch for [`SAFETY`].
     Safety,
@@ -143,6 +147,36 @@ fn registry() -> &'static Mutex<HashMap<String, Weak<SandboxLimits>>> {
     WATCHES.get_or_init(Default::default)
 }
 
+/// The nice value of the shim's runtime thread once it watches a sandbox.
+const WATCH_NICE: i32 = -10;
+
+/// A rise must become a pause before the allocation that caused it returns
+/// (tens of ms): on a host whose CPUs are all busy the shim's thread waited
+/// ~35 ms for one. The watch thread is mostly asleep, so it runs ahead of
+/// busy work at little cost. Once per shim, on the runtime thread (nice is
+/// per thread on Linux).
+fn raise_priority() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: getpriority and setpriority only read their arguments.
+        // (getpriority's -1 is also an error; the shim's nice is not -1 in
+        // practice, and a wrong base only changes its children's nice.)
+        let original = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        oomguard_runtimes::reaper::set_child_nice(original);
+        let r = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, WATCH_NICE) };
+        if r == 0 {
+            info!(
+                "own-limit: the shim's thread runs at nice {WATCH_NICE} while it watches sandboxes (what it starts at {original})"
+            );
+        } else {
+            warn!(
+                "own-limit: cannot raise the shim's priority (nice {WATCH_NICE}): {}",
+                std::io::Error::last_os_error()
+            );
+        }
+    });
+}
+
 /// Set at shutdown: no round freezes a sandbox any more.
 static CLOSING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
 
@@ -208,6 +242,7 @@ impl SandboxLimits {
             }
         };
         let id = member.id.clone();
+        raise_priority();
         {
             let mut members = watch.members();
             members.list.push(member);
@@ -367,6 +402,12 @@ impl SandboxLimits {
         };
         tokio::select! {
             _ = crossed(armed.rise.as_ref().map(|(_, t)| t)) => {
+                debug!(
+                    "own-limit sandbox={}: rise threshold {:?} crossed; host usage now {:?}",
+                    self.key,
+                    armed.rise.as_ref().map(|(l, _)| l),
+                    threshold::usage(memcg).ok()
+                );
                 Some(self.host_beyond(current).unwrap_or(Wake::Rise))
             }
             _ = crossed(armed.fall.as_ref().map(|(_, t)| t)) => Some(Wake::Fall),
@@ -395,14 +436,21 @@ impl SandboxLimits {
     /// One round; returns the generation of the levels it computed, and
     /// whether the sandbox could be read.
     async fn round(&self, wake: Wake, woke: Instant) -> (u64, Result<(), String>) {
+        // The pause first, before waiting for a round in flight (its reading
+        // may be slow on a busy sandbox): pauses nest, and each is resumed
+        // below by the round that made it.
+        let freeze = matches!(wake, Wake::Rise | Wake::Start)
+            && !CLOSING.load(std::sync::atomic::Ordering::SeqCst);
+        let frozen = freeze && self.freeze().await;
+        let froze_in = woke.elapsed();
         let _round = self.round.lock().await;
         let ids: Vec<String> = self.members().list.iter().map(|m| m.id.clone()).collect();
         if ids.is_empty() {
+            if frozen {
+                self.thaw().await;
+            }
             return (self.levels.borrow().generation, Ok(()));
         }
-        let freeze = wake == Wake::Rise && !CLOSING.load(std::sync::atomic::Ordering::SeqCst);
-        let frozen = freeze && self.freeze().await;
-        let froze_in = woke.elapsed();
         // The host memcg first: what a member allocates between the two
         // readings is then counted twice (in its usage and in the host's
         // growth to come), never missed.
@@ -437,12 +485,7 @@ impl SandboxLimits {
             }
         };
         if frozen {
-            if let Err(e) = self.sandbox.thaw().await {
-                warn!(
-                    "own-limit sandbox={}: thaw failed: {e} (a sandbox left paused stays so)",
-                    self.key
-                );
-            }
+            self.thaw().await;
         }
         let thawed_in = woke.elapsed();
         // A kill the sandbox refused goes through the runtime's command.
@@ -495,6 +538,15 @@ impl SandboxLimits {
             .as_ref()
             .and_then(|m| threshold::shmem(m).ok().flatten());
         !anyone_over && shmem.is_some_and(|s| s.saturating_sub(u.sandbox) > levels::GUARD)
+    }
+
+    async fn thaw(&self) {
+        if let Err(e) = self.sandbox.thaw().await {
+            warn!(
+                "own-limit sandbox={}: thaw failed: {e} (a sandbox left paused stays so)",
+                self.key
+            );
+        }
     }
 
     /// Stops the sandbox; false if it could not be (the round reads
