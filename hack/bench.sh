@@ -33,7 +33,7 @@
 #            reads the container's oom_kill counter every ~0.1 ms after t0: when
 #            it moves is the earliest a confirmed kill can be known (the stock
 #            shim publishes at t0, before the kill). Then the same for gVisor
-#            (runsc 20240729, ptrace, 64 MiB, 200 MB): stock = the runc-v2 shim
+#            (runsc 20240729, systrap, 64 MiB, 200 MB): stock = the runc-v2 shim
 #            with runsc as its BinaryName, oomguard with binary_name = runsc.
 #            From oomguard's log: its own notification -> publish time and the
 #            Forward call's time for each TaskOOM.
@@ -67,7 +67,11 @@
 #            - burst (phase "burst"): oomguard-bench burst, the matrix of
 #              issue 20: containers allocating 68..300 MiB at once against
 #              their own 64 MiB limit, ptrace and systrap, with and without a
-#              100 MB neighbour, beside the same pods run by runsc alone.
+#              100 MB neighbour, beside the same pods run by runsc alone;
+#            - gvisor-cri (phase "gvisor-cri"): RunPodSandbox to a running
+#              container in a networked pod through CRI, oomguard-runsc on
+#              systrap and ptrace beside stock gVisor (medians of
+#              BENCH_BURST_RUNS rounds), and the serving shim's PSS.
 # Shims are the processes whose argv[0] is containerd-shim-{runc,oomguard}-v2
 # and which have "-address DIR/containerd.sock". ctr sets no pod annotation, so
 # both runtimes run one shim per container.
@@ -95,8 +99,8 @@
 #   BENCH_BURST_RUNS     runs per burst size and pod shape (default 10)
 #   BENCH_BURST_SIZES    MiB the bursting containers allocate (default 68,72,80,96,120,300)
 #   BENCH_PHASES         which phases run (default: all): a comma-separated
-#                        subset of latency,idle,oom,storm,v2,gvisor,burst
-#                        (burst runs within gvisor)
+#                        subset of latency,idle,oom,storm,v2,gvisor,burst,
+#                        gvisor-cri (burst and gvisor-cri run within gvisor)
 #   OOMGUARD_BENCH_BIN   the oomguard-bench binary (default: built with the shim)
 set -euo pipefail
 # shellcheck source=hack/lib.sh
@@ -123,7 +127,7 @@ R=${BENCH_RUNAWAY_RUNS:-3}
 O=${BENCH_OOM_RUNS:-20}
 F=${BENCH_FLOOD_RATE:-2000}
 S=${BENCH_STORM:-200}
-PHASES=,${BENCH_PHASES:-latency,idle,oom,storm,v2,gvisor,burst},
+PHASES=,${BENCH_PHASES:-latency,idle,oom,storm,v2,gvisor,burst,gvisor-cri},
 BURST_RUNS=${BENCH_BURST_RUNS:-10}
 BURST_SIZES=${BENCH_BURST_SIZES:-68,72,80,96,120,300}
 WARMUP=3
@@ -448,12 +452,10 @@ phase_oom_latency() {
 		>>"$WORK/oomlat.tsv" 2>>"$WORK/oomlat.err" || die "oomguard-bench latency failed: $(tail -5 "$WORK/oomlat.err")"
 	if [[ ${BENCH_GVISOR:-1} == 1 && -x $RUNSC_NEW ]]; then
 		note "oom latency: $O rounds per runtime, interleaved (gVisor)"
-		printf '#!/bin/sh\nexec %s --platform=ptrace --network=none "$@"\n' "$RUNSC_NEW" >"$WORK/runsc-ptrace"
-		chmod +x "$WORK/runsc-ptrace"
-		printf 'binary_name = "%s"\n[runsc_config]\nplatform = "ptrace"\nnetwork = "none"\n' "$RUNSC_NEW" >"$WORK/oomguard-runsc.toml"
+		gvisor_lane_configs
 		"$BENCH_BIN" latency "${common[@]}" --runs "$O" --own-rootfs 1 --limit 67108864 --alloc-mb 200 \
-			--kind "stock-gvisor,${RUNTIME[stock]},--runc-binary,$WORK/runsc-ptrace" \
-			--kind "oomguard-gvisor,${RUNTIME[oomguard]},--runtime-config-path,$WORK/oomguard-runsc.toml" \
+			--kind "stock-gvisor,${RUNTIME[stock]},--runc-binary,$WORK/runsc-lane" \
+			--kind "oomguard-gvisor,${RUNTIME[oomguard]},--runtime-config-path,$WORK/oomguard/runsc.toml" \
 			>>"$WORK/oomlat.tsv" 2>>"$WORK/oomlat.err" || die "oomguard-bench latency (gVisor) failed: $(tail -5 "$WORK/oomlat.err")"
 	fi
 	shim_oom_timings "$DIR/containerd.log" >"$WORK/oomlat-shim.tsv"
@@ -505,6 +507,19 @@ phase_v2() {
 }
 
 # ---------------------------------------------------------------- gVisor pod
+
+# The gVisor figures run what `install` writes on this machine: oomguard's
+# runsc.toml from the shim's own install (gVisor's default platform,
+# systrap; network "host" where this kernel needs it) in $WORK/oomguard/,
+# and for the stock shim $WORK/runsc-lane, runsc with the same flags.
+gvisor_lane_configs() {
+	[[ -e $WORK/runsc-lane ]] && return 0
+	lane_oomguard_configs "$SHIM_DIR/containerd-shim-oomguard-v2" "$WORK/oomguard"
+	GVISOR_FLAGS=$(sed -n 's/^ *\([a-z_-]*\) = "\(.*\)"$/--\1=\2/p' "$WORK/oomguard/runsc.toml" |
+		grep -v -e '^--binary_name=' -e '^--root=' | tr '\n' ' ')
+	printf '#!/bin/sh\nexec %s %s"$@"\n' "$RUNSC_NEW" "$GVISOR_FLAGS" >"$WORK/runsc-lane"
+	chmod +x "$WORK/runsc-lane"
+}
 
 RUNSC_NEW="$CACHE/runsc/20240729/bin/runsc"
 CGROUP_MOUNT="type=cgroup,src=cgroup,dst=/sys/fs/cgroup,options=ro:nosuid:noexec:nodev"
@@ -676,6 +691,18 @@ phase_gvisor_burst() {
 		--table "$WORK/gv-burst.md" >"$WORK/gv-burst.tsv" || die "oomguard-bench burst failed"
 }
 
+# RunPodSandbox to a running container in a networked gVisor pod (CRI, as a
+# kubelet drives it), systrap and ptrace, beside stock gVisor, and the
+# serving shim's PSS (integration test cri_network::bench_networked_pod_start,
+# the release shim). Results: $WORK/gv-cri.md.
+phase_gvisor_cri() {
+	note "gvisor pods through CRI: $BURST_RUNS rounds"
+	(cd "$REPO" && OOMGUARD_SHIM_DIR=$SHIM_DIR OOMGUARD_BENCH_RUNS=$BURST_RUNS "${CARGO:-cargo}" test -q \
+		-p oomguard-integration --test cri_network -- --ignored --nocapture --exact bench_networked_pod_start) \
+		>"$WORK/gv-cri.out" 2>&1 || die "bench_networked_pod_start failed: $(tail -20 "$WORK/gv-cri.out")"
+	grep -E '^\||^\(' "$WORK/gv-cri.out" >"$WORK/gv-cri.md" || true
+}
+
 phase_gvisor() {
 	if [[ ! -x $RUNSC_NEW ]]; then
 		warn "no $RUNSC_NEW (hack/deps.sh runsc): gVisor rows skipped"
@@ -686,13 +713,15 @@ phase_gvisor() {
 			--example gvisor_usage -p oomguard-runtimes) || die "build of gvisor_usage failed"
 		USAGE_BIN=${CARGO_TARGET_DIR:-$REPO/target}/release/examples/gvisor_usage
 	fi
-	printf 'binary_name = "%s"\nroot = "%s"\n[runsc_config]\n  platform = "ptrace"\n  network = "none"\n' \
-		"$RUNSC_NEW" "$DIR/runsc-root" >"$WORK/runsc.toml"
+	gvisor_lane_configs
+	lane_oomguard_configs "$SHIM_DIR/containerd-shim-oomguard-v2" "$WORK/oomguard-rooted" "$DIR/runsc-root"
+	cp "$WORK/oomguard-rooted/runsc.toml" "$WORK/runsc.toml"
 	phase_gvisor_idle limits
 	phase_gvisor_idle nolimits
 	phase_gvisor_sample
 	phase_gvisor_runaway
 	phase burst && phase_gvisor_burst
+	phase gvisor-cri && phase_gvisor_cri
 }
 
 # ---------------------------------------------------------------- report
@@ -731,7 +760,7 @@ oom_rows() {
 	[[ -s $WORK/oomlat.tsv ]] || return 0
 	local label a b pre
 	local -a st os sk ok sh sf
-	for s in "stock:oomguard::runc, cgroup v1 (this host)" "stock-gvisor:oomguard-gvisor::gVisor (runsc, ptrace), cgroup v1" \
+	for s in "stock:oomguard::runc, cgroup v1 (this host)" "stock-gvisor:oomguard-gvisor::gVisor (runsc, systrap, network host), cgroup v1" \
 		"v2-stock:v2-oomguard:v2-:runc, cgroup v2 (qemu lane, TCG)"; do
 		IFS=: read -r a b pre label <<<"$s"
 		grep -q "^latency	$a	" "$WORK/oomlat.tsv" || continue
@@ -868,6 +897,10 @@ report_gvisor() {
 		}' "$WORK/gv-runaway"
 	done
 	printf '\nStock gVisor enforces no container'"'"'s own limit in a pod: the same runaways complete (exit 0).\n'
+	if [[ -s $WORK/gv-cri.md ]]; then
+		printf '\n### A networked gVisor pod through CRI: RunPodSandbox to a running container\n\n'
+		cat "$WORK/gv-cri.md"
+	fi
 	if [[ -s $WORK/gv-burst.md ]]; then
 		printf '\n### Bursts against a container'"'"'s own 64 MiB limit (runsc %s, %s runs each)\n\n' "${RUNSC_NEW_VERSION:-20240729}" "$BURST_RUNS"
 		cat "$WORK/gv-burst.md"

@@ -62,28 +62,29 @@ for name in "${ORDER[@]}"; do
 done
 # gVisor: the same story with runsc as the OCI runtime. The stock shim runs
 # it as a runc-compatible binary (through a wrapper adding runsc's flags).
-RUNSC=$CACHE/runsc/20240729/bin/runsc
+RUNSC=$RUNSC_LANE
 if [[ -x $RUNSC ]]; then
-	cat >"$DIR/runsc-ptrace" <<SH
+	# oomguard's runsc.toml as `install` writes it on this machine (gVisor's
+	# default platform, systrap; network "host" where this kernel needs it);
+	# the stock shim gets the same flags through a wrapper.
+	lane_oomguard_configs "$SHIM_DIR/containerd-shim-oomguard-v2" "$DIR/oomguard"
+	flags=$(sed -n 's/^ *\([a-z_-]*\) = "\(.*\)"$/--\1=\2/p' "$DIR/oomguard/runsc.toml" |
+		grep -v -e '^--binary_name=' -e '^--root=' | tr '\n' ' ')
+	cat >"$DIR/runsc-lane" <<SH
 #!/bin/sh
-exec $RUNSC --platform=ptrace --network=none "\$@"
+exec $RUNSC $flags"\$@"
 SH
-	chmod +x "$DIR/runsc-ptrace"
-	cat >"$DIR/oomguard-runsc.toml" <<TOML
-binary_name = "$RUNSC"
-[runsc_config]
-platform = "ptrace"
-network = "none"
-TOML
+	chmod +x "$DIR/runsc-lane"
 	GLIMIT=67108864 # 64 MiB: the host kills the sandbox (gVisor has no OOM killer inside)
 	GDD='dd if=/dev/zero of=/dev/null bs=200M count=1 2>/dev/null; exit 0'
-	printf '\ngVisor (runsc 20240729, ptrace), memory limit %d MiB, sh -c "dd of 200 MiB; exit 0"\n\n' $((GLIMIT >> 20))
+	printf '\ngVisor (runsc 20240729, systrap, runsc flags: %s), memory limit %d MiB, sh -c "dd of 200 MiB; exit 0"\n\n' \
+		"${flags:-none}" $((GLIMIT >> 20))
 	printf '%-18s %-26s %-5s %s\n' SCENARIO RUNTIME EXIT "EVENTS (as containerd received them)"
 	for runtime in io.containerd.runc.v2 io.containerd.oomguard.v2; do
 		if [[ $runtime == io.containerd.runc.v2 ]]; then
-			opts=(--runc-binary "$DIR/runsc-ptrace")
+			opts=(--runc-binary "$DIR/runsc-lane")
 		else
-			opts=(--runtime-config-path "$DIR/oomguard-runsc.toml")
+			opts=(--runtime-config-path "$DIR/oomguard/runsc.toml")
 		fi
 		tag=${runtime//[.]/-}
 		# One container in its own sandbox.

@@ -8,8 +8,9 @@
 #
 #   start  VER is 26 or 28 (binaries from "hack/deps.sh docker" under
 #          .cache/docker/VER). Writes DIR/daemon.json from hack/docker/daemon.json
-#          (the README's daemon.json; its "/etc/oomguard/" becomes
-#          $REPO/hack/cri/oomguard/, where the example TOML files are) and starts
+#          (the README's daemon.json; its "/etc/oomguard/" becomes DIR/oomguard/,
+#          where the shim of OOMGUARD_SHIM_DIR (default target/debug) has written
+#          the TOML files as `install --config-dir` does here) and starts
 #          dockerd on CONTAINERD_SOCK with --iptables=false --bridge=none, data
 #          root DIR/data, exec root DIR/exec, pid file DIR/docker.pid, socket
 #          DIR/docker.sock, log DIR/dockerd.log, and the cgroup parent
@@ -107,7 +108,8 @@ cmd_start() {
 	if [[ -n ${OOMGUARD_DOCKERD_CONFIG:-} ]]; then
 		config=$(realpath -e -- "$OOMGUARD_DOCKERD_CONFIG") || die "OOMGUARD_DOCKERD_CONFIG: no file $OOMGUARD_DOCKERD_CONFIG"
 	else
-		sed "s#/etc/oomguard/#$REPO/hack/cri/oomguard/#g" "$REPO/hack/docker/daemon.json" >"$config"
+		lane_oomguard_configs "${OOMGUARD_SHIM_DIR:-$REPO/target/debug}/containerd-shim-oomguard-v2" "$dir/oomguard"
+		sed "s#/etc/oomguard/#$dir/oomguard/#g" "$REPO/hack/docker/daemon.json" >"$config"
 	fi
 	printf '%s\n' "$config" >"$dir/config-file"
 	local driver=overlay2

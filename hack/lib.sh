@@ -54,6 +54,26 @@ containerd_bin_dir() {
 	esac
 }
 
+# runsc 20240729 (trixie's, hack/deps.sh runsc): the test lanes' gVisor.
+RUNSC_LANE="$CACHE/runsc/20240729/bin/runsc"
+
+# lane_oomguard_configs SHIM DIR [ROOT]: the oomguard TOML files a test
+# lane's handlers point at, as `SHIM install --config-dir DIR` writes them on
+# this machine (it checks the runsc it finds; runsc 20240729 is first on its
+# PATH), with runsc.toml's binary_name naming that runsc, and ROOT as its
+# state root when given. Prints nothing; dies naming the failure.
+lane_oomguard_configs() {
+	local shim=$1 dir=$2 root=${3:-} out
+	[[ -x $shim ]] || die "no shim at $shim: build it first (cargo build)"
+	rm -f "$dir/runc.toml" "$dir/runsc.toml"
+	out=$(PATH="$(dirname "$RUNSC_LANE"):$PATH" "$shim" install --config-dir "$dir" 2>&1) ||
+		die "$shim install --config-dir $dir failed: $out"
+	[[ -x $RUNSC_LANE ]] || return 0
+	local -a edit=(-e "s#^binary_name = \"runsc\"#binary_name = \"$RUNSC_LANE\"#")
+	[[ -z $root ]] || edit+=(-e "/^binary_name = /a root = \"$root\"")
+	sed -i "${edit[@]}" "$dir/runsc.toml"
+}
+
 # usage [STATUS]: print the script's header comment (its help) and exit.
 usage() {
 	sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"

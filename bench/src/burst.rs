@@ -9,6 +9,8 @@
 //!
 //! `burst KIND PLATFORM HOG SIZE_MIB RUN EXIT CAUGHT WOKE_TO_KILL_MS KILL_TO_EXIT_MS FROZEN`
 //!
+//! Both kinds run runsc with `--network=host` (the network mode `install`
+//! writes where this kernel needs it) and the platform named.
 //! KIND `oomguard`: B runs through containerd and oomguard (`ctr run`, pod
 //! annotations as CRI sets them); CAUGHT = exit 137 and oomguard's verdict
 //! line names its own limit; the times are the verdict line's (the wake of
@@ -122,7 +124,7 @@ impl Burst {
     fn config(&self, platform: &str) -> Result<PathBuf, String> {
         let path = self.work.join(format!("burst-runsc-{platform}.toml"));
         let text = format!(
-            "binary_name = \"{}\"\nroot = \"{}\"\n[runsc_config]\n  platform = \"{platform}\"\n  network = \"none\"\n",
+            "binary_name = \"{}\"\nroot = \"{}\"\n[runsc_config]\n  platform = \"{platform}\"\n  network = \"host\"\n",
             self.runsc,
             self.work.join(format!("burst-root-{platform}")).display()
         );
@@ -308,7 +310,7 @@ impl Burst {
         c.arg("--root")
             .arg(root)
             .arg(format!("--platform={platform}"))
-            .arg("--network=none")
+            .arg("--network=host")
             .arg("--ignore-cgroups")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -14,8 +14,11 @@
 #              (VER 1.6, 1.7) or hack/cri/containerd-2.x.toml (VER 2), as they
 #              are except that their "version = N" line is dropped (the
 #              generated config has it) and "/etc/oomguard/" becomes
-#              $REPO/hack/cri/oomguard/ (runc.toml, runsc.toml) and the
-#              runtime_path /usr/bin/containerd-shim-oomguard-v2 becomes
+#              DIR/oomguard/, where SHIM_DIR's shim has written runc.toml and
+#              runsc.toml as `install --config-dir` does on this machine
+#              (runsc.toml naming runsc 20240729: gVisor's default platform,
+#              systrap, and network = "host" where this kernel needs it), and
+#              the runtime_path /usr/bin/containerd-shim-oomguard-v2 becomes
 #              SHIM_DIR's. Handlers:
 #              "runc" (stock, default), "oomguard", "oomguard-runsc";
 #            - the sandbox image localhost/oomguard/pause:1.
@@ -37,7 +40,7 @@
 #          oomguard handler: an operator's file before "containerd-shim-oomguard-v2
 #          install") and prints its path; start then runs containerd on that
 #          file as it is (hack/containerd.sh config), without adding the
-#          README's handlers.
+#          README's handlers or writing DIR/oomguard/ (install's, then).
 set -euo pipefail
 # shellcheck source=hack/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
@@ -46,15 +49,16 @@ netns_name() {
 	printf 'oomguard-%s\n' "$(printf '%s' "$1" | sha256sum | cut -c1-12)"
 }
 
-# The README's CRI snippet for VER, made usable as OOMGUARD_CONTAINERD_EXTRA.
+# The README's CRI snippet for VER, made usable as OOMGUARD_CONTAINERD_EXTRA,
+# its TOML files in CONFIG_DIR (as install writes them, lane_oomguard_configs).
 handlers() {
-	local ver=$1 shim_dir=$2 file
+	local ver=$1 shim_dir=$2 config_dir=$3 file
 	case $ver in
 	1.6 | 1.7) file="$REPO/hack/cri/containerd-1.x.toml" ;;
 	2) file="$REPO/hack/cri/containerd-2.x.toml" ;;
 	*) die "unknown containerd version '$ver' (expected 1.6, 1.7 or 2)" ;;
 	esac
-	sed -e '/^version = [0-9]*$/d' -e "s#/etc/oomguard/#$REPO/hack/cri/oomguard/#g" \
+	sed -e '/^version = [0-9]*$/d' -e "s#/etc/oomguard/#$config_dir/#g" \
 		-e "s#/usr/bin/containerd-shim-oomguard-v2#$shim_dir/containerd-shim-oomguard-v2#g" "$file"
 }
 
@@ -74,7 +78,8 @@ cmd_start() {
 	ip -n "$ns" link set lo up || die "could not bring lo up in $ns"
 
 	local extra sock
-	extra=$(handlers "$ver" "$(abs_dir "$shim_dir")")
+	shim_dir=$(abs_dir "$shim_dir")
+	extra=$(handlers "$ver" "$shim_dir" "$dir/oomguard")
 	if [[ -n ${OOMGUARD_CONTAINERD_EXTRA:-} ]]; then
 		extra+=$'\n'"$OOMGUARD_CONTAINERD_EXTRA"
 	fi
@@ -89,6 +94,11 @@ cmd_start() {
 	fi
 	sock=$(OOMGUARD_CONTAINERD_EXTRA=$extra OOMGUARD_SANDBOX_IMAGE=localhost/oomguard/pause:1 \
 		"${mountns[@]}" nsenter --net="/run/netns/$ns" "$REPO/hack/containerd.sh" start "$ver" "$dir" "$shim_dir")
+	# The shim reads them when a pod is made, not containerd at its start
+	# (which wants DIR to itself before it). A config made by 'config' is the
+	# operator's, and so are the files its handlers name.
+	[[ -e $dir/config.kept ]] ||
+		lane_oomguard_configs "$shim_dir/containerd-shim-oomguard-v2" "$dir/oomguard"
 
 	local conf="$dir/cni/net.d/10-oomguard.conflist"
 	if [[ ! -e $conf ]]; then

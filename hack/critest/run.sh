@@ -15,9 +15,10 @@
 #            - runsc 20240729 (.cache/runsc/20240729) first on containerd's PATH,
 #              so the handler "oomguard-runsc" runs it;
 #            - the stock gVisor handler "runsc": containerd-shim-runc-v2 with
-#              BinaryName = DIR/runsc-ptrace (runsc 20240729 with
-#              --platform=ptrace --network=none, the flags oomguard-runsc's
-#              runsc.toml gives);
+#              BinaryName = DIR/runsc-lane (runsc 20240729 with the flags
+#              oomguard-runsc's runsc.toml gives on this machine: gVisor's
+#              default platform, systrap, and --network=host where this
+#              kernel needs it);
 #            - a CNI bridge with portmap (port mapping specs);
 #            - a mount namespace of its own with shared propagation (mount
 #              propagation specs; this host's "/" is private).
@@ -60,7 +61,7 @@ extra_config() {
 [$runtime.containerd.runtimes.runsc]
   runtime_type = "io.containerd.runc.v2"
   [$runtime.containerd.runtimes.runsc.options]
-    BinaryName = "$dir/runsc-ptrace"
+    BinaryName = "$dir/runsc-lane"
 EOF
 }
 
@@ -89,11 +90,15 @@ server = "http://127.0.0.1:5000"
   capabilities = ["pull", "resolve"]
 EOF
 	done
-	cat >"$dir/runsc-ptrace" <<EOF
+	# The stock handler gets the flags oomguard-runsc's runsc.toml has.
+	local flags
+	flags=$(sed -n 's/^ *\([a-z_-]*\) = "\(.*\)"$/--\1=\2/p' "$dir/oomguard/runsc.toml" |
+		grep -v -e '^--binary_name=' -e '^--root=' | tr '\n' ' ')
+	cat >"$dir/runsc-lane" <<EOF
 #!/bin/sh
-exec "$RUNSC_DIR/runsc" --platform=ptrace --network=none "\$@"
+exec "$RUNSC_DIR/runsc" $flags"\$@"
 EOF
-	chmod 0755 "$dir/runsc-ptrace"
+	chmod 0755 "$dir/runsc-lane"
 
 	"$REPO/hack/critest/registry.sh" start "$dir/registry" "$CACHE/critest/registry" "$(netns_of "$dir")"
 	printf '%s\n' "$sock"

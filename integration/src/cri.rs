@@ -24,10 +24,16 @@ use crate::harness::{
 pub const HANDLER: &str = "oomguard";
 pub const RUNSC_HANDLER: &str = "oomguard-runsc";
 pub const STOCK_HANDLER: &str = "runc";
-/// A test-only handler (`Cri::start_with_runsc_20240729`): oomguard with
-/// trixie's runsc 20240729, which accounts each container's memory apart
-/// (the README's handlers use bookworm's runsc 20221219 from PATH).
-pub const RUNSC_20240729_HANDLER: &str = "oomguard-runsc-20240729";
+/// Test-only handlers (`Cri::start_with_gvisor_lanes`), beside the README's
+/// `oomguard-runsc` (runsc 20240729, gVisor's default platform, systrap):
+/// the same runsc on ptrace (the smoke lane of gVisor's slower platform),
+/// and bookworm's runsc 20221219 (ptrace, its default; it keeps no memory
+/// per container). Their TOML is what install writes plus that.
+pub const RUNSC_PTRACE_HANDLER: &str = "oomguard-runsc-ptrace";
+pub const RUNSC_20221219_HANDLER: &str = "oomguard-runsc-20221219";
+/// Stock gVisor beside them: containerd's runc shim running runsc 20240729
+/// (a wrapper adding the flags oomguard-runsc's runsc.toml has here).
+pub const STOCK_RUNSC_HANDLER: &str = "runsc-stock";
 /// Images `hack/cri/setup.sh` builds and `hack/cri/containerd.sh` imports.
 pub const IMAGE: &str = "localhost/oomguard/busybox:1";
 pub const PAUSE_IMAGE: &str = "localhost/oomguard/pause:1";
@@ -70,31 +76,70 @@ impl Cri {
         Self::start_in_with(version, instance_dir(&format!("cri{version}")), extra)
     }
 
-    /// `start`, plus the handler [`RUNSC_20240729_HANDLER`] (its TOML is
-    /// written to DIR/runsc-20240729.toml).
-    pub fn start_with_runsc_20240729(version: &str) -> Cri {
+    /// `start`, plus the handlers [`RUNSC_PTRACE_HANDLER`],
+    /// [`RUNSC_20221219_HANDLER`] (their TOML in DIR/) and
+    /// [`STOCK_RUNSC_HANDLER`].
+    pub fn start_with_gvisor_lanes(version: &str) -> Cri {
         let dir = instance_dir(&format!("cri{version}"));
-        let config = dir.join("runsc-20240729.toml");
         let plugin = if version == "2" {
             "io.containerd.cri.v1.runtime"
         } else {
             "io.containerd.grpc.v1.cri"
         };
-        let table = format!("plugins.\"{plugin}\".containerd.runtimes.{RUNSC_20240729_HANDLER}");
-        let extra = format!(
-            "[{table}]\n  runtime_type = \"io.containerd.oomguard.v2\"\n  [{table}.options]\n    TypeUrl = \"io.containerd.oomguard.v1.options\"\n    ConfigPath = \"{}\"\n",
-            config.display()
-        );
+        let lanes = [
+            (
+                RUNSC_PTRACE_HANDLER,
+                "20240729",
+                "  platform = \"ptrace\"\n",
+            ),
+            (RUNSC_20221219_HANDLER, "20221219", ""),
+        ];
+        let mut extra = String::new();
+        for (handler, _, _) in lanes {
+            let table = format!("plugins.\"{plugin}\".containerd.runtimes.{handler}");
+            extra.push_str(&format!(
+                "[{table}]\n  runtime_type = \"io.containerd.oomguard.v2\"\n  [{table}.options]\n    TypeUrl = \"io.containerd.oomguard.v1.options\"\n    ConfigPath = \"{}\"\n",
+                dir.join(format!("{handler}.toml")).display()
+            ));
+        }
+        let wrapper = dir.join("runsc-lane");
+        let table = format!("plugins.\"{plugin}\".containerd.runtimes.{STOCK_RUNSC_HANDLER}");
+        extra.push_str(&format!(
+            "[{table}]\n  runtime_type = \"io.containerd.runc.v2\"\n  [{table}.options]\n    BinaryName = \"{}\"\n",
+            wrapper.display()
+        ));
         let cri = Self::start_in_with(version, dir, &extra);
-        // The shim reads it when a pod is created, not containerd at start.
+        // runsc with the flags of the lane's oomguard-runsc runsc.toml.
+        let lane = std::fs::read_to_string(cri.dir.join("oomguard/runsc.toml")).unwrap_or_default();
+        let flags: String = lane
+            .lines()
+            .filter_map(|l| l.trim().split_once(" = "))
+            .filter(|(k, _)| !k.starts_with('#') && *k != "binary_name" && *k != "root")
+            .map(|(k, v)| format!("--{k}={} ", v.trim_matches('"')))
+            .collect();
         std::fs::write(
-            &config,
+            &wrapper,
             format!(
-                "binary_name = \"{}\"\n[runsc_config]\n  platform = \"ptrace\"\n  network = \"none\"\n",
-                repo().join(".cache/runsc/20240729/bin/runsc").display()
+                "#!/bin/sh\nexec \"{}\" {flags}\"$@\"\n",
+                crate::gvisor::runsc_binary("20240729").display()
             ),
         )
-        .expect("write the runsc 20240729 handler's TOML");
+        .expect("the stock runsc wrapper");
+        std::fs::set_permissions(
+            &wrapper,
+            std::os::unix::fs::PermissionsExt::from_mode(0o755),
+        )
+        .expect("chmod the stock runsc wrapper");
+        // The shim reads them when a pod is made, not containerd at start.
+        for (handler, build, flags) in lanes {
+            crate::gvisor::installed_runsc_toml(
+                &cri.dir.join(format!("{handler}.toml")),
+                build,
+                &crate::gvisor::runsc_binary(build),
+                None,
+                flags,
+            );
+        }
         cri
     }
 
@@ -118,13 +163,29 @@ impl Cri {
         Self::start_in_with(version, dir, "")
     }
 
+    /// `start` with CNI's portmap plugin (host ports), for networked pods.
+    pub fn start_networked(version: &str) -> Cri {
+        Self::start_in_with_env(
+            version,
+            instance_dir(&format!("cri{version}")),
+            "",
+            &[("OOMGUARD_CNI_PORTMAP", OsStr::new("1"))],
+        )
+    }
+
     fn start_in_with(version: &str, dir: PathBuf, extra: &str) -> Cri {
+        Self::start_in_with_env(version, dir, extra, &[])
+    }
+
+    fn start_in_with_env(version: &str, dir: PathBuf, extra: &str, env: &[(&str, &OsStr)]) -> Cri {
+        let mut vars = vec![("OOMGUARD_CONTAINERD_EXTRA", OsStr::new(extra))];
+        vars.extend_from_slice(env);
         let socket = hack_start_env(
             "cri/containerd.sh",
             version,
             &dir,
             &shim_dir(),
-            &[("OOMGUARD_CONTAINERD_EXTRA", OsStr::new(extra))],
+            &vars,
             &format!("containerd {version} (CRI) did not start"),
         );
         let socket = PathBuf::from(socket);
@@ -617,6 +678,44 @@ impl Cri {
         }
     }
 
+    /// The network namespace containerd, CNI and the pods' hosts live in
+    /// (the "node" of these tests).
+    pub fn netns(&self) -> String {
+        let out = std::process::Command::new(repo().join("hack/cri/containerd.sh"))
+            .arg("netns")
+            .arg(&self.dir)
+            .output()
+            .expect("hack/cri/containerd.sh netns");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
+    /// An HTTP GET of `url` (`http://HOST:PORT/PATH`) from the node's
+    /// network namespace, by a thread that joins it; the body of a 200
+    /// answer. Retried until `timeout` (a server may be starting).
+    pub fn fetch_on_node(&self, url: &str, timeout: Duration) -> Result<String, String> {
+        let netns = format!("/run/netns/{}", self.netns());
+        let deadline = Instant::now() + timeout;
+        loop {
+            let (ns, u) = (netns.clone(), url.to_string());
+            let got = std::thread::spawn(move || http_get_in(&ns, &u))
+                .join()
+                .unwrap_or_else(|_| Err("the fetching thread panicked".into()));
+            match got {
+                Ok(body) => return Ok(body),
+                Err(e) if Instant::now() > deadline => return Err(format!("GET {url}: {e}")),
+                Err(_) => std::thread::sleep(Duration::from_millis(300)),
+            }
+        }
+    }
+
+    /// `args` run in the node's network namespace (mounts: the host's).
+    pub fn on_node(&self, args: &[&str]) -> std::process::Command {
+        let mut cmd = std::process::Command::new("nsenter");
+        cmd.arg(format!("--net=/run/netns/{}", self.netns()))
+            .args(args);
+        cmd
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("containerd.log")).unwrap_or_default()
     }
@@ -667,6 +766,43 @@ fn clients(
         RuntimeServiceClient::new(channel.clone()),
         ImageServiceClient::new(channel),
     )
+}
+
+/// One HTTP/1.0 GET from the network namespace `netns` (this thread joins
+/// it for good: call it on a thread of its own).
+fn http_get_in(netns: &str, url: &str) -> Result<String, String> {
+    use std::io::{Read, Write};
+    use std::os::fd::AsRawFd;
+    let ns = std::fs::File::open(netns).map_err(|e| format!("{netns}: {e}"))?;
+    // SAFETY: setns on a descriptor owned here, for this thread only.
+    if unsafe { libc::setns(ns.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+        return Err(format!(
+            "setns {netns}: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: not http://"))?;
+    let (host, path) = rest.split_once('/').unwrap_or((rest, ""));
+    let addr: std::net::SocketAddr = host.parse().map_err(|e| format!("{host}: {e}"))?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        .map_err(|e| format!("connect {addr}: {e}"))?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok();
+    s.write_all(format!("GET /{path} HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let mut answer = String::new();
+    s.read_to_string(&mut answer)
+        .map_err(|e| format!("read: {e}"))?;
+    let (head, body) = answer.split_once("\r\n\r\n").unwrap_or((&answer, ""));
+    let status = head.split_whitespace().nth(1);
+    if !head.starts_with("HTTP/1.") || status != Some("200") {
+        return Err(format!(
+            "answer {:?}",
+            head.lines().next().unwrap_or_default()
+        ));
+    }
+    Ok(body.to_string())
 }
 
 /// `hack/deps.sh runsc` (gVisor's runsc on PATH): quick when it is there.

@@ -13,6 +13,16 @@ use crate::harness::{hack, instance_dir, processes, repo, shim_dir, show_log_if_
 /// Where `hack/critest/setup.sh` finds critest (`$CRITEST`, else
 /// `../shared/critest/critest` beside the repository or a parent); `None`
 /// when this machine has none.
+/// crictl: `$CRICTL`, else the one beside critest (`../shared/critest/`).
+pub fn crictl_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CRICTL").map(PathBuf::from) {
+        return Some(p).filter(|p| p.is_file());
+    }
+    critest_path()
+        .and_then(|c| c.parent().map(|d| d.join("crictl")))
+        .filter(|p| p.is_file())
+}
+
 pub fn critest_path() -> Option<PathBuf> {
     let out = Command::new(repo().join("hack/critest/setup.sh"))
         .arg("--where")

@@ -9,10 +9,10 @@ use std::time::{Duration, Instant};
 
 use k8s_cri::v1::NamespaceMode;
 use oomguard_integration::cri::{
-    ensure_runsc, Cri, Pod, HANDLER, IMAGE, PAUSE_IMAGE, RUNSC_20240729_HANDLER, RUNSC_HANDLER,
-    STOCK_HANDLER,
+    ensure_runsc, Cri, Pod, HANDLER, IMAGE, PAUSE_IMAGE, RUNSC_20221219_HANDLER, RUNSC_HANDLER,
+    RUNSC_PTRACE_HANDLER, STOCK_HANDLER,
 };
-use oomguard_integration::harness::{processes_running as running, unique};
+use oomguard_integration::harness::{processes_running as running, repo, unique};
 
 macro_rules! on_every_containerd {
     ($($(#[$attr:meta])* $scenario:ident),* $(,)?) => {
@@ -317,17 +317,79 @@ fn bad_handlers_are_named(version: &str) {
             "[plugins.\"{plugin}\".containerd.runtimes.{name}]\n  runtime_type = \"io.containerd.oomguard.v2\"\n  [plugins.\"{plugin}\".containerd.runtimes.{name}.options]\n    TypeUrl = \"io.containerd.oomguard.v1.options\"\n    ConfigPath = \"{path}\"\n"
         )
     };
-    let extra = table("bad-binary", nobin.to_str().unwrap())
+    let mut extra = table("bad-binary", nobin.to_str().unwrap())
         + &table("bad-config", "/nonexistent/oomguard/runc.toml");
-    let c = Cri::start_with(version, &extra);
-    for (handler, named) in [
-        ("bad-binary", "/nonexistent/bin/runc"),
-        ("bad-config", "/nonexistent/oomguard/runc.toml"),
+    // gVisor handlers whose runsc.toml asks for what this node's runsc
+    // cannot do: the error names the cause, the key and the file.
+    ensure_runsc();
+    let new = repo().join(".cache/runsc/20240729/bin/runsc");
+    let mut gvisor = Vec::new();
+    for (handler, binary, flags, cause) in [
+        // runsc 20240729's misfire on this kernel (gVisor's default network).
+        (
+            "gvisor-misfire",
+            new.clone(),
+            "network = \"sandbox\"",
+            "network = \"host\"",
+        ),
+        // A platform bookworm's runsc lacks.
+        (
+            "gvisor-platform",
+            std::path::PathBuf::from("/usr/bin/runsc"),
+            "platform = \"systrap\"",
+            "no platform \"systrap\"",
+        ),
+        // A key that is no runsc flag.
+        (
+            "gvisor-key",
+            new.clone(),
+            "no_such_flag = \"1\"",
+            "no such flag",
+        ),
+        // A network mode gVisor rejects.
+        (
+            "gvisor-network",
+            new.clone(),
+            "network = \"bogus\"",
+            "sandbox, host or none",
+        ),
     ] {
+        let path = dir.join(format!("{handler}.toml"));
+        std::fs::write(
+            &path,
+            format!(
+                "binary_name = \"{}\"\n[runsc_config]\n  {flags}\n",
+                binary.display()
+            ),
+        )
+        .unwrap();
+        let key = flags.split(' ').next().unwrap_or_default();
+        extra += &table(handler, path.to_str().unwrap());
+        gvisor.push((
+            handler,
+            vec![
+                path.display().to_string(),
+                format!("[runsc_config] {key} in"),
+                cause.to_string(),
+            ],
+        ));
+    }
+    let c = Cri::start_with(version, &extra);
+    let mut cases: Vec<(&str, Vec<String>)> = vec![
+        ("bad-binary", vec!["/nonexistent/bin/runc".into()]),
+        ("bad-config", vec!["/nonexistent/oomguard/runc.toml".into()]),
+    ];
+    cases.extend(gvisor);
+    for (handler, named) in cases {
         let err = c
             .try_run_pod(handler, handler)
             .expect_err("RunPodSandbox with a broken handler");
-        assert!(err.message().contains(named), "{handler}: {err:?}");
+        for n in &named {
+            assert!(
+                err.message().contains(n.as_str()),
+                "{handler}: {n:?} in {err:?}"
+            );
+        }
         let deadline = Instant::now() + Duration::from_secs(10);
         while !c.shim_pids().is_empty() && Instant::now() < deadline {
             std::thread::sleep(Duration::from_millis(100));
@@ -338,13 +400,22 @@ fn bad_handlers_are_named(version: &str) {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-/// The handler "oomguard-runsc" (ConfigPath -> runsc.toml: runsc, platform
-/// ptrace, network none): containers of one pod in one gVisor sandbox, the
-/// reasons a kubelet sees, ExecSync, removal.
+/// The handler "oomguard-runsc" (ConfigPath -> the runsc.toml install
+/// writes: runsc 20240729 on systrap, network "host" on this kernel), and
+/// the same runsc on ptrace (the one lane of that platform): containers of
+/// one pod in one gVisor sandbox, the reasons a kubelet sees, ExecSync,
+/// removal.
 fn runsc_lifecycle(version: &str) {
     ensure_runsc();
-    let c = Cri::start(version);
-    let pod = c.run_pod("gvisor", RUNSC_HANDLER);
+    let c = Cri::start_with_gvisor_lanes(version);
+    for handler in [RUNSC_HANDLER, RUNSC_PTRACE_HANDLER] {
+        lifecycle_in_gvisor(&c, handler);
+    }
+    c.assert_clean();
+}
+
+fn lifecycle_in_gvisor(c: &Cri, handler: &str) {
+    let pod = c.run_pod(&format!("gvisor-{handler}"), handler);
     let clean = c.run_container(&pod, "clean", "dmesg | grep -q gVisor", None);
     assert_eq!(
         c.exit_of(&clean),
@@ -383,7 +454,6 @@ fn runsc_lifecycle(version: &str) {
         "exec left running: {ps}"
     );
     c.remove_pod(&pod);
-    c.assert_clean();
 }
 
 /// OOM under gVisor. The containers of a pod run in one sandbox, which
@@ -419,15 +489,16 @@ fn working_set(c: &Cri, id: &str) -> u64 {
 
 /// A gVisor pod without a pod limit whose containers have their own (the
 /// issue's pod: A sleeps, B reads 68, 80 or 300 MB at once, 64 MiB each),
-/// under runsc 20240729, which accounts each container's memory apart:
+/// under the README's handler (runsc 20240729, which accounts each
+/// container's memory apart; systrap, network "host"):
 /// every B is `OOMKilled` 137 alone, its kill sent before it could exit;
 /// A, and a container without a limit holding 100 MB, live on; a container
 /// under its limit completes; ContainerStats gives each container its own
 /// memory.
 fn runsc_container_limits(version: &str) {
     ensure_runsc();
-    let c = Cri::start_with_runsc_20240729(version);
-    let pod = c.run_pod("own-limits", RUNSC_20240729_HANDLER);
+    let c = Cri::start(version);
+    let pod = c.run_pod("own-limits", RUNSC_HANDLER);
     let a = c.run_container(&pod, "a", "sleep 600", Some(MIB64));
     let hog = c.run_container(
         &pod,
@@ -496,14 +567,13 @@ fn runsc_container_limits(version: &str) {
     c.assert_clean();
 }
 
-/// The same container B under the README's handler (runsc 20221219, which
-/// keeps no memory per container): it completes, and the shim says once
-/// that its own limit cannot be enforced, rather than guess from the pod's
-/// total.
+/// The same container B under bookworm's runsc 20221219 (which keeps no
+/// memory per container): it completes, and the shim says once that its
+/// own limit cannot be enforced, rather than guess from the pod's total.
 fn runsc_container_limits_unenforced_on_20221219(version: &str) {
     ensure_runsc();
-    let c = Cri::start(version);
-    let pod = c.run_pod("no-own-limits", RUNSC_HANDLER);
+    let c = Cri::start_with_gvisor_lanes(version);
+    let pod = c.run_pod("no-own-limits", RUNSC_20221219_HANDLER);
     let b = c.run_container(&pod, "b", DD300, Some(MIB64));
     assert_eq!(c.exit_of(&b), reason(0, "Completed"));
     let log = c.log();

@@ -392,17 +392,13 @@ fn runsc_cannot_start_a_sandbox(version: &str) {
     };
     let runsc_root = c.dir.join("runsc-root");
     let toml = |name: &str, binary: &Path, extra: &str| -> PathBuf {
-        let path = c.dir.join(name);
-        std::fs::write(
-            &path,
-            format!(
-                "binary_name = \"{}\"\nroot = \"{}\"\n[runsc_config]\nplatform = \"ptrace\"\nnetwork = \"none\"\n{extra}",
-                binary.display(),
-                runsc_root.display()
-            ),
+        oomguard_integration::gvisor::installed_runsc_toml(
+            &c.dir.join(name),
+            "20240729",
+            binary,
+            Some(&runsc_root),
+            extra,
         )
-        .unwrap();
-        path
     };
 
     // A flag runsc does not know, in [runsc_config]: runsc create fails.

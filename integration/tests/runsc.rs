@@ -1,10 +1,12 @@
-//! gVisor: oomguard delegating to real runsc (ptrace platform) under real
-//! containerd, single containers and pods (the CRI annotations runsc reads).
+//! gVisor: oomguard delegating to real runsc under real containerd, single
+//! containers and pods (the CRI annotations runsc reads), with the runsc.toml
+//! `install` writes on this machine (runsc 20240729: gVisor's default
+//! platform, systrap; runsc 20221219: its default, ptrace).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
-use oomguard_integration::gvisor::{run_gvisor, runsc_binary, runsc_config};
+use oomguard_integration::gvisor::{installed_runsc_toml, run_gvisor, runsc_binary, runsc_config};
 use oomguard_integration::harness::{assert_exit, assert_ok, assert_oom_story, Containerd};
 
 macro_rules! on_containerd_and_runsc {
@@ -254,17 +256,15 @@ fn injecting_runsc_config(c: &Containerd, build: &str) -> String {
         std::os::unix::fs::PermissionsExt::from_mode(0o755),
     )
     .unwrap();
-    let path = c.dir.join(format!("runsc-inject-{build}.toml"));
-    std::fs::write(
-        &path,
-        format!(
-            "binary_name = \"{}\"\nroot = \"{}\"\n[runsc_config]\nplatform = \"ptrace\"\nnetwork = \"none\"\n",
-            wrapper.display(),
-            c.dir.join("runsc-root").display()
-        ),
+    installed_runsc_toml(
+        &c.dir.join(format!("runsc-inject-{build}.toml")),
+        build,
+        &wrapper,
+        Some(&c.dir.join("runsc-root")),
+        "",
     )
-    .unwrap();
-    path.display().to_string()
+    .display()
+    .to_string()
 }
 
 /// containerd's bundle of a container.

@@ -286,17 +286,15 @@ fn soak_runsc_200() {
     let c = Containerd::start("1.7");
     let events = c.events();
     let runsc_root = c.dir.join("runsc-root");
-    let cfg = c.dir.join("runsc.toml");
-    std::fs::write(
-        &cfg,
-        format!(
-            "binary_name = \"{}\"\nroot = \"{}\"\n[runsc_config]\nplatform = \"ptrace\"\nnetwork = \"none\"\n",
-            repo().join(".cache/runsc/20240729/bin/runsc").display(),
-            runsc_root.display()
-        ),
+    let cfg = oomguard_integration::gvisor::installed_runsc_toml(
+        &c.dir.join("runsc.toml"),
+        "20240729",
+        &repo().join(".cache/runsc/20240729/bin/runsc"),
+        Some(&runsc_root),
+        "",
     )
-    .unwrap();
-    let cfg = cfg.display().to_string();
+    .display()
+    .to_string();
     // A private copy: gVisor keeps its filestore in the rootfs directory.
     let own = c.dir.join("rootfs-soak");
     let status = std::process::Command::new("cp")

@@ -8,7 +8,7 @@
 //!   128, "sandbox no longer running"): only its parent can, and the shim,
 //!   as subreaper, is that parent. A missing status is never made a 0.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap};
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicI32, Ordering};
@@ -21,6 +21,7 @@ use serde::Deserialize;
 use tokio::sync::{oneshot, watch};
 
 use crate::command::{self, Streams};
+use crate::gvisor::diagnose;
 use crate::gvisor::monitor;
 use crate::gvisor::usage::{self, GvisorSandbox};
 use crate::reaper::reaper;
@@ -62,6 +63,9 @@ pub struct Runsc {
     started: watch::Sender<bool>,
     /// The sandbox process (the pid file's), once created.
     sandbox_pid: AtomicI32,
+    /// Where `global_args` came from (the oomguard TOML's path), for errors
+    /// that name the key to change.
+    config_source: String,
 }
 
 #[derive(Deserialize)]
@@ -96,7 +100,76 @@ impl Runsc {
             held: Mutex::new(None),
             started: watch::channel(false).0,
             sandbox_pid: AtomicI32::new(0),
+            config_source: String::new(),
         }
+    }
+
+    /// Names the configuration `global_args` came from in errors.
+    pub fn with_config_source(mut self, source: &str) -> Self {
+        self.config_source = source.to_string();
+        self
+    }
+
+    /// A runsc refusal that a `[runsc_config]` key explains gets the key,
+    /// the file and what to do appended (`diagnose.rs`). A flag runsc does
+    /// not take is reported on its stderr only, which a sandbox's create
+    /// hands to the container: when the message says nothing, the keys are
+    /// checked against `runsc flags` and `runsc help platforms` (only then:
+    /// asking costs two runsc runs).
+    async fn explained(&self, e: Error) -> Error {
+        let Error::Failed {
+            binary,
+            action,
+            id,
+            status,
+            message,
+        } = e
+        else {
+            return e;
+        };
+        let mut x = diagnose::explain(&message);
+        if x.is_none() {
+            if let Some((flags, platforms)) = offers_of(&self.binary).await {
+                x = diagnose::check_flags(&self.global_args, &flags, &platforms).err();
+            }
+        }
+        let Some(x) = x else {
+            return Error::Failed {
+                binary,
+                action,
+                id,
+                status,
+                message,
+            };
+        };
+        let source = self.source_name();
+        Error::Failed {
+            binary,
+            action,
+            id,
+            status,
+            message: format!(
+                "{message}; [runsc_config] {} in {source}: {}",
+                x.key, x.advice
+            ),
+        }
+    }
+
+    /// Where the global flags came from, for errors.
+    fn source_name(&self) -> String {
+        if self.config_source.is_empty() {
+            "the runtime's options".to_string()
+        } else {
+            self.config_source.clone()
+        }
+    }
+
+    /// The `--platform` the global flags ask for, if any.
+    fn platform(&self) -> Option<&str> {
+        self.global_args
+            .iter()
+            .rev()
+            .find_map(|a| a.strip_prefix("--platform="))
     }
 
     fn command(&self, action: &str) -> std::process::Command {
@@ -156,6 +229,45 @@ async fn release_of(binary: &Path) -> Option<u32> {
     release
 }
 
+/// What a runsc binary offers: its flags (`runsc flags`) and platforms
+/// (`runsc help platforms`), once per binary; `None` if it would not say.
+async fn offers_of(binary: &Path) -> Option<(BTreeSet<String>, Vec<String>)> {
+    type Offers = Option<(BTreeSet<String>, Vec<String>)>;
+    static SEEN: OnceLock<Mutex<HashMap<PathBuf, Offers>>> = OnceLock::new();
+    let seen = SEEN.get_or_init(Default::default);
+    if let Some(o) = seen.lock().unwrap_or_else(|p| p.into_inner()).get(binary) {
+        return o.clone();
+    }
+    let ask = |args: &[&str]| {
+        let mut cmd = std::process::Command::new(binary);
+        cmd.args(args);
+        cmd
+    };
+    let flags = command::run(ask(&["flags"]), Streams::Capture).await.ok();
+    let platforms = command::run(ask(&["help", "platforms"]), Streams::Capture)
+        .await
+        .ok();
+    let offers = match (flags, platforms) {
+        (Some(f), Some(p)) => {
+            // `runsc flags` prints to stderr in some releases.
+            let mut text = String::from_utf8_lossy(&f.stdout).into_owned();
+            text.push_str(&String::from_utf8_lossy(&f.stderr));
+            let names = diagnose::flag_names(&text);
+            (!names.is_empty()).then(|| {
+                (
+                    names,
+                    diagnose::platform_names(&String::from_utf8_lossy(&p.stdout)),
+                )
+            })
+        }
+        _ => None,
+    };
+    seen.lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(binary.to_path_buf(), offers.clone());
+    offers
+}
+
 #[async_trait]
 impl OciRuntime for Runsc {
     fn binary(&self) -> &Path {
@@ -176,6 +288,18 @@ impl OciRuntime for Runsc {
                 message: message.clone(),
             });
         }
+        // runsc on a kvm platform without /dev/kvm does not fail: its
+        // sandbox spins (seen on a nested VM), holding Create forever.
+        if self.platform() == Some("kvm") && !Path::new("/dev/kvm").exists() {
+            return Err(crate::Error::Spec {
+                id: id.to_string(),
+                message: format!(
+                    "[runsc_config] platform = \"kvm\" in {} needs /dev/kvm, which this host lacks: \
+                     set platform = \"systrap\" (gVisor's default) or \"ptrace\", or leave it out",
+                    self.source_name()
+                ),
+            });
+        }
         if self.joins {
             // Learn the release now: at Start the first usage sample should
             // not wait for `runsc --version`.
@@ -183,7 +307,10 @@ impl OciRuntime for Runsc {
             tokio::spawn(async move { release_of(&binary).await });
             let stdio = std::mem::take(&mut opts.stdio);
             *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(stdio);
-            return self.runc.create(id, opts).await;
+            return match self.runc.create(id, opts).await {
+                Err(e) => Err(self.explained(e).await),
+                ok => ok,
+            };
         }
         // A new sandbox: its monitoring stream is evidence for the verdict.
         let sandbox = self.sandbox.clone().unwrap_or_else(|| id.to_string());
@@ -197,23 +324,32 @@ impl OciRuntime for Runsc {
                     .with_global_args(args)
                     .create(id, opts)
                     .await;
-                if created.is_err() {
-                    monitor::close(&sandbox);
+                match created {
+                    Err(e) => {
+                        monitor::close(&sandbox);
+                        Err(self.explained(e).await)
+                    }
+                    ok => ok,
                 }
-                created
             }
             Err(e) => {
                 warn!("runsc id={id}: no gVisor monitoring stream ({e}); host signals only");
-                self.runc.create(id, opts).await
+                match self.runc.create(id, opts).await {
+                    Err(e) => Err(self.explained(e).await),
+                    ok => ok,
+                }
             }
         }
     }
 
     async fn start(&self, id: &str) -> Result<()> {
         let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).take();
-        match held {
-            Some(stdio) => self.runc.start_with_stdio(id, stdio).await?,
-            None => self.runc.start(id).await?,
+        let started = match held {
+            Some(stdio) => self.runc.start_with_stdio(id, stdio).await,
+            None => self.runc.start(id).await,
+        };
+        if let Err(e) = started {
+            return Err(self.explained(e).await);
         }
         self.started.send_replace(true);
         Ok(())

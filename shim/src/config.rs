@@ -49,6 +49,10 @@ pub struct RuntimeConfig {
     /// Kill the whole container when the OOM killer takes any of its
     /// processes (Kubernetes' cgroup v2 behaviour), on v1 too.
     pub oom_group: bool,
+    /// Where it came from (the TOML file's path, "ConfigBody", "runc
+    /// options"), for errors that name the key to change.
+    #[serde(default)]
+    pub source: String,
 }
 
 impl Default for RuntimeConfig {
@@ -65,6 +69,7 @@ impl Default for RuntimeConfig {
             log_level: None,
             runsc_config: BTreeMap::new(),
             oom_group: true,
+            source: String::new(),
         }
     }
 }
@@ -121,7 +126,10 @@ impl RuntimeConfig {
     }
 
     fn from_runc_options(o: &RuncOptions) -> Self {
-        let mut c = Self::default();
+        let mut c = Self {
+            source: "runc options".to_string(),
+            ..Self::default()
+        };
         if !o.binary_name.is_empty() {
             c.binary_name = o.binary_name.clone();
         }
@@ -147,7 +155,10 @@ impl RuntimeConfig {
 
     pub fn from_toml(origin: &str, body: &str) -> Result<Self, ConfigError> {
         let file: FileConfig = toml::from_str(body).map_err(|e| toml_error(origin, &e))?;
-        let mut c = Self::default();
+        let mut c = Self {
+            source: origin.to_string(),
+            ..Self::default()
+        };
         if let Some(b) = file.binary_name.filter(|b| !b.is_empty()) {
             c.binary_name = b;
         }

@@ -10,6 +10,7 @@
 //! 20240729 are in `NOTES.md`.
 
 pub mod control;
+pub mod diagnose;
 pub mod listener;
 pub mod monitor;
 pub mod peer;

@@ -6,8 +6,9 @@ use std::fs;
 use std::path::Path;
 
 use super::cli::{Action, Options};
+use super::gvisor::{self, SandboxNetwork};
 use super::plan::{Change, Plan};
-use super::snippets::{for_config_dir, CONFIG_FILES};
+use super::snippets::{for_config_dir, CONFIG_FILES, RUNSC_NETWORK_HOST};
 
 pub fn plan(opts: &Options, plan: &mut Plan) -> Result<(), String> {
     match opts.action {
@@ -28,10 +29,41 @@ pub fn plan(opts: &Options, plan: &mut Plan) -> Result<(), String> {
     }
 }
 
+/// What install writes for `name`: the canonical file, and for runsc.toml
+/// what the runsc on this node needs (`gvisor.rs`), with a note saying so.
+fn wanted(name: &str, text: &str, dir: &Path, plan: Option<&mut Plan>) -> String {
+    let want = for_config_dir(text, dir);
+    if name != "runsc.toml" {
+        return want;
+    }
+    let network = gvisor::sandbox_network("runsc");
+    if let Some(plan) = plan {
+        match &network {
+            SandboxNetwork::Misfires { binary, release } => plan.note(format!(
+                "{} (runsc {release}) cannot start gVisor's own network stack in a pod on this kernel \
+                 (it takes every pod's network namespace for the host's; fixed in runsc release-{}): \
+                 runsc.toml gets network = \"host\" (the host kernel's stack in the pod's namespace). \
+                 After upgrading runsc, delete those lines from {} for gVisor's own stack",
+                binary.display(),
+                oomguard_runtimes::gvisor::diagnose::NETNS_CHECK_FIXED_IN,
+                dir.join(name).display()
+            )),
+            SandboxNetwork::Unknown(why) => plan.note(format!(
+                "runsc.toml keeps gVisor's default network (sandbox) unchecked: {why}; with runsc \
+                 older than release-{} on a kernel that shows /proc/sys/net/core/rmem_default in \
+                 every namespace, pods fail until [runsc_config] has network = \"host\"",
+                oomguard_runtimes::gvisor::diagnose::NETNS_CHECK_FIXED_IN
+            )),
+            SandboxNetwork::Works(_) => {}
+        }
+    }
+    gvisor::runsc_toml(&want, RUNSC_NETWORK_HOST, &network)
+}
+
 fn install(dir: &Path, plan: &mut Plan) -> Result<(), String> {
     for (name, text) in CONFIG_FILES {
         let path = dir.join(name);
-        let want = for_config_dir(text, dir);
+        let want = wanted(name, text, dir, Some(plan));
         match read(&path)? {
             None => plan.change(
                 Change {
@@ -57,18 +89,28 @@ fn uninstall(dir: &Path, plan: &mut Plan) -> Result<(), String> {
     for (name, text) in CONFIG_FILES {
         let path = dir.join(name);
         let want = for_config_dir(text, dir);
+        // Either form install writes (the runsc found may have changed).
+        let with_host = gvisor::runsc_toml(
+            &want,
+            RUNSC_NETWORK_HOST,
+            &SandboxNetwork::Misfires {
+                binary: Default::default(),
+                release: String::new(),
+            },
+        );
         match read(&path)? {
             None => {}
-            Some(have) if have == want => plan.change(
-                Change {
-                    path,
-                    before: Some(have),
-                    after: None,
-                    what: "as install wrote it".into(),
-                    backup: false,
-                },
-                None,
-            ),
+            Some(have) if have == want || (name == "runsc.toml" && have == with_host) => plan
+                .change(
+                    Change {
+                        path,
+                        before: Some(have),
+                        after: None,
+                        what: "as install wrote it".into(),
+                        backup: false,
+                    },
+                    None,
+                ),
             Some(_) => plan.note(format!(
                 "kept {}: changed since install wrote it",
                 path.display()

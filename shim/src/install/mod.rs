@@ -9,6 +9,7 @@ mod containerd;
 mod cri_tables;
 mod docker;
 mod files;
+mod gvisor;
 mod plan;
 mod snippets;
 

@@ -23,6 +23,11 @@ pub const CONFIG_FILES: [(&str, &str); 2] = [
     ),
 ];
 
+/// The lines `install` adds under runsc.toml's `[runsc_config]` where the
+/// runsc found cannot run gVisor's own network stack (`gvisor.rs`).
+pub const RUNSC_NETWORK_HOST: &str =
+    include_str!("../../../hack/cri/oomguard/runsc-network-host.toml");
+
 /// The config directory the snippets are written for.
 pub const CANONICAL_DIR: &str = "/etc/oomguard";
 

@@ -73,13 +73,10 @@ pub fn runtime_for(config: &RuntimeConfig, bundle: &Path, namespace: &str) -> Ar
         .unwrap_or_else(|| oomguard_runtimes::default_root(&binary, namespace));
     let log = bundle.join("log.json");
     if config.is_runsc() {
-        Arc::new(Runsc::new(
-            binary,
-            root,
-            log,
-            config.runtime_global_flags(),
-            bundle,
-        ))
+        Arc::new(
+            Runsc::new(binary, root, log, config.runtime_global_flags(), bundle)
+                .with_config_source(&config.source),
+        )
     } else {
         Arc::new(Runc::new(binary, root, log, config.systemd_cgroup))
     }
