@@ -3,7 +3,7 @@ SHELL := /bin/bash
 export PATH := $(HOME)/.cargo/bin:$(PATH)
 CARGO ?= cargo
 
-.PHONY: all deps build release demo test test-v2-soak test-outage test-soak test-repeat fuzz unit integration lint bench clean critest critest-where
+.PHONY: all deps build release image demo test test-v2-soak test-outage test-soak test-repeat fuzz unit integration lint bench clean critest critest-where
 
 all: build
 
@@ -15,6 +15,11 @@ build:
 
 release:
 	$(CARGO) build --release -p oomguard-shim
+
+# The installer image: an OCI archive of a static release build, for
+# `ctr images import` and `docker load` (target/image/, reproducible).
+image:
+	hack/image.sh
 
 demo: deps build
 	hack/demo.sh

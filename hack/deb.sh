@@ -23,27 +23,7 @@ set -euo pipefail
 # shellcheck source=hack/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
-bin=""
-out=""
-while (($#)); do
-	case $1 in
-	--bin)
-		(($# >= 2)) || usage 2 >&2
-		bin=$(realpath -e -- "$2") || die "no binary $2"
-		shift 2
-		;;
-	-h | --help) usage 0 ;;
-	-*)
-		echo "deb.sh: unknown option '$1'" >&2
-		usage 2 >&2
-		;;
-	*)
-		[[ -z $out ]] || usage 2 >&2
-		out=$1
-		shift
-		;;
-	esac
-done
+bin_and_out_dir deb.sh "$@"
 out=$(abs_dir "${out:-$REPO/target/deb}")
 
 command -v dpkg-shlibdeps >/dev/null || die "dpkg-shlibdeps is missing: run hack/deps.sh deb"

@@ -74,6 +74,35 @@ lane_oomguard_configs() {
 	sed -i "${edit[@]}" "$dir/runsc.toml"
 }
 
+# bin_and_out_dir NAME ARGS...: the "[--bin BINARY] [OUT_DIR]" arguments of
+# the packaging scripts (NAME in messages), into $bin (a real path, or
+# empty) and $out (or empty); -h prints the script's help.
+bin_and_out_dir() {
+	local name=$1
+	shift
+	bin=""
+	out=""
+	while (($#)); do
+		case $1 in
+		--bin)
+			(($# >= 2)) || usage 2 >&2
+			bin=$(realpath -e -- "$2") || die "no binary $2"
+			shift 2
+			;;
+		-h | --help) usage 0 ;;
+		-*)
+			echo "$name: unknown option '$1'" >&2
+			usage 2 >&2
+			;;
+		*)
+			[[ -z $out ]] || usage 2 >&2
+			out=$1
+			shift
+			;;
+		esac
+	done
+}
+
 # usage [STATUS]: print the script's header comment (its help) and exit.
 usage() {
 	sed -n '2,/^set -euo/{/^set -euo/d;s/^# \{0,1\}//;p}' "$0"
