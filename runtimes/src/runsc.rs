@@ -116,51 +116,40 @@ impl Runsc {
     /// hands to the container: when the message says nothing, the keys are
     /// checked against `runsc flags` and `runsc help platforms` (only then:
     /// asking costs two runsc runs).
-    async fn explained(&self, e: Error) -> Error {
-        let Error::Failed {
-            binary,
-            action,
-            id,
-            status,
-            message,
-        } = e
-        else {
+    async fn explained(&self, mut e: Error) -> Error {
+        let Error::Failed { message, .. } = &mut e else {
             return e;
         };
-        let mut x = diagnose::explain(&message);
+        let mut x = diagnose::explain(message);
         if x.is_none() {
             if let Some((flags, platforms)) = offers_of(&self.binary).await {
                 x = diagnose::check_flags(&self.global_args, &flags, &platforms).err();
             }
         }
-        let Some(x) = x else {
-            return Error::Failed {
-                binary,
-                action,
-                id,
-                status,
-                message,
-            };
-        };
-        let source = self.source_name();
-        Error::Failed {
-            binary,
-            action,
-            id,
-            status,
-            message: format!(
-                "{message}; [runsc_config] {} in {source}: {}",
+        if let Some(x) = x {
+            let source = self.source_name();
+            message.push_str(&format!(
+                "; [runsc_config] {} in {source}: {}",
                 x.key, x.advice
-            ),
+            ));
+        }
+        e
+    }
+
+    /// `explained`, for a result.
+    async fn or_explained<T>(&self, r: Result<T>) -> Result<T> {
+        match r {
+            Err(e) => Err(self.explained(e).await),
+            ok => ok,
         }
     }
 
     /// Where the global flags came from, for errors.
-    fn source_name(&self) -> String {
+    fn source_name(&self) -> &str {
         if self.config_source.is_empty() {
-            "the runtime's options".to_string()
+            "the runtime's options"
         } else {
-            self.config_source.clone()
+            &self.config_source
         }
     }
 
@@ -307,10 +296,7 @@ impl OciRuntime for Runsc {
             tokio::spawn(async move { release_of(&binary).await });
             let stdio = std::mem::take(&mut opts.stdio);
             *self.held.lock().unwrap_or_else(|p| p.into_inner()) = Some(stdio);
-            return match self.runc.create(id, opts).await {
-                Err(e) => Err(self.explained(e).await),
-                ok => ok,
-            };
+            return self.or_explained(self.runc.create(id, opts).await).await;
         }
         // A new sandbox: its monitoring stream is evidence for the verdict.
         let sandbox = self.sandbox.clone().unwrap_or_else(|| id.to_string());
@@ -324,20 +310,14 @@ impl OciRuntime for Runsc {
                     .with_global_args(args)
                     .create(id, opts)
                     .await;
-                match created {
-                    Err(e) => {
-                        monitor::close(&sandbox);
-                        Err(self.explained(e).await)
-                    }
-                    ok => ok,
+                if created.is_err() {
+                    monitor::close(&sandbox);
                 }
+                self.or_explained(created).await
             }
             Err(e) => {
                 warn!("runsc id={id}: no gVisor monitoring stream ({e}); host signals only");
-                match self.runc.create(id, opts).await {
-                    Err(e) => Err(self.explained(e).await),
-                    ok => ok,
-                }
+                self.or_explained(self.runc.create(id, opts).await).await
             }
         }
     }
@@ -348,9 +328,7 @@ impl OciRuntime for Runsc {
             Some(stdio) => self.runc.start_with_stdio(id, stdio).await,
             None => self.runc.start(id).await,
         };
-        if let Err(e) = started {
-            return Err(self.explained(e).await);
-        }
+        self.or_explained(started).await?;
         self.started.send_replace(true);
         Ok(())
     }

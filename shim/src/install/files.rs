@@ -31,14 +31,13 @@ pub fn plan(opts: &Options, plan: &mut Plan) -> Result<(), String> {
 
 /// What install writes for `name`: the canonical file, and for runsc.toml
 /// what the runsc on this node needs (`gvisor.rs`), with a note saying so.
-fn wanted(name: &str, text: &str, dir: &Path, plan: Option<&mut Plan>) -> String {
+fn wanted(name: &str, text: &str, dir: &Path, plan: &mut Plan) -> String {
     let want = for_config_dir(text, dir);
     if name != "runsc.toml" {
         return want;
     }
     let network = gvisor::sandbox_network("runsc");
-    if let Some(plan) = plan {
-        match &network {
+    match &network {
             SandboxNetwork::Misfires { binary, release } => plan.note(format!(
                 "{} (runsc {release}) cannot start gVisor's own network stack in a pod on this kernel \
                  (it takes every pod's network namespace for the host's; fixed in runsc release-{}): \
@@ -56,14 +55,13 @@ fn wanted(name: &str, text: &str, dir: &Path, plan: Option<&mut Plan>) -> String
             )),
             SandboxNetwork::Works(_) => {}
         }
-    }
     gvisor::runsc_toml(&want, RUNSC_NETWORK_HOST, &network)
 }
 
 fn install(dir: &Path, plan: &mut Plan) -> Result<(), String> {
     for (name, text) in CONFIG_FILES {
         let path = dir.join(name);
-        let want = wanted(name, text, dir, Some(plan));
+        let want = wanted(name, text, dir, plan);
         match read(&path)? {
             None => plan.change(
                 Change {
@@ -89,19 +87,15 @@ fn uninstall(dir: &Path, plan: &mut Plan) -> Result<(), String> {
     for (name, text) in CONFIG_FILES {
         let path = dir.join(name);
         let want = for_config_dir(text, dir);
-        // Either form install writes (the runsc found may have changed).
-        let with_host = gvisor::runsc_toml(
-            &want,
-            RUNSC_NETWORK_HOST,
-            &SandboxNetwork::Misfires {
-                binary: Default::default(),
-                release: String::new(),
-            },
-        );
         match read(&path)? {
             None => {}
-            Some(have) if have == want || (name == "runsc.toml" && have == with_host) => plan
-                .change(
+            // Either form install writes (the runsc found may have changed).
+            Some(have)
+                if have == want
+                    || (name == "runsc.toml"
+                        && have == gvisor::with_fragment(&want, RUNSC_NETWORK_HOST)) =>
+            {
+                plan.change(
                     Change {
                         path,
                         before: Some(have),
@@ -110,7 +104,8 @@ fn uninstall(dir: &Path, plan: &mut Plan) -> Result<(), String> {
                         backup: false,
                     },
                     None,
-                ),
+                )
+            }
             Some(_) => plan.note(format!(
                 "kept {}: changed since install wrote it",
                 path.display()

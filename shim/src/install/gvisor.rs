@@ -82,12 +82,19 @@ pub fn sandbox_network(binary_name: &str) -> SandboxNetwork {
 }
 
 /// The runsc.toml `install` writes: `default` (the canonical file), with
-/// `fragment` (the canonical `network = "host"` lines) after its
-/// `[runsc_config]` line when the runsc here misfires.
+/// `fragment` (the canonical `network = "host"` lines) when the runsc here
+/// misfires.
 pub fn runsc_toml(default: &str, fragment: &str, network: &SandboxNetwork) -> String {
-    if !matches!(network, SandboxNetwork::Misfires { .. }) {
-        return default.to_string();
+    if matches!(network, SandboxNetwork::Misfires { .. }) {
+        with_fragment(default, fragment)
+    } else {
+        default.to_string()
     }
+}
+
+/// `default` with `fragment` after its `[runsc_config]` line (a table of its
+/// own at the end when it has none).
+pub fn with_fragment(default: &str, fragment: &str) -> String {
     let mut out = String::with_capacity(default.len() + fragment.len());
     let mut placed = false;
     for line in default.split_inclusive('\n') {
