@@ -10,7 +10,7 @@
 #     /usr/share/doc/oomguard/README.md, copyright
 #     /usr/share/doc/oomguard/examples/  the canonical snippets: containerd-1.x.toml,
 #         containerd-2.x.toml, daemon.json, runc.toml, runsc.toml,
-#         runsc-network-host.toml, runtimeclass.yaml
+#         runsc-network-host.toml, runtimeclasses.yaml (deploy/)
 #   The version is what the binary's -v prints. Depends: runc and the shared
 #   libraries dpkg-shlibdeps finds (libc6, libgcc-s1); Suggests: runsc.
 #   No maintainer scripts: wiring oomguard into containerd or Docker is
@@ -48,7 +48,7 @@ install -m 0644 "$REPO/README.md" "$doc/README.md"
 install -m 0644 "$REPO/hack/cri/containerd-1.x.toml" "$REPO/hack/cri/containerd-2.x.toml" \
 	"$REPO/hack/docker/daemon.json" "$REPO/hack/cri/oomguard/runc.toml" \
 	"$REPO/hack/cri/oomguard/runsc.toml" "$REPO/hack/cri/oomguard/runsc-network-host.toml" \
-	"$REPO/hack/cri/runtimeclass.yaml" "$doc/examples/"
+	"$REPO/deploy/runtimeclasses.yaml" "$doc/examples/"
 cat >"$doc/copyright" <<'EOF'
 Format: https://www.debian.org/doc/packaging-manuals/copyright-format/1.0/
 Upstream-Name: oomguard

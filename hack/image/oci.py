@@ -81,7 +81,9 @@ def main(argv):
         "created": created,
         "config": {
             "Entrypoint": ["/" + SHIM_PATH],
-            "Cmd": ["-v"],
+            # The node installer (deploy/daemonset.yaml says it again).
+            "Cmd": ["install", "--host-root", "/host", "--wait"],
+            "Env": ["PATH=/usr/local/bin"],
             "Labels": labels,
         },
         "rootfs": {

@@ -53,6 +53,8 @@ pub struct Cri {
     pub version: String,
     pub dir: PathBuf,
     pub socket: PathBuf,
+    /// First on containerd's PATH (where it finds the shim by name).
+    pub shim_dir: PathBuf,
     rt: tokio::runtime::Runtime,
     runtime: RuntimeServiceClient<Channel>,
     images: ImageServiceClient<Channel>,
@@ -177,14 +179,30 @@ impl Cri {
         Self::start_in_with_env(version, dir, extra, &[])
     }
 
+    /// `start_in` with `shim_dir` first on containerd's PATH instead of the
+    /// build's (a node where an installer put the shim there).
+    pub fn start_in_with_shim_dir(version: &str, dir: PathBuf, shim_dir: PathBuf) -> Cri {
+        Self::start_full(version, dir, shim_dir, "", &[])
+    }
+
     fn start_in_with_env(version: &str, dir: PathBuf, extra: &str, env: &[(&str, &OsStr)]) -> Cri {
+        Self::start_full(version, dir, shim_dir(), extra, env)
+    }
+
+    fn start_full(
+        version: &str,
+        dir: PathBuf,
+        shim_dir: PathBuf,
+        extra: &str,
+        env: &[(&str, &OsStr)],
+    ) -> Cri {
         let mut vars = vec![("OOMGUARD_CONTAINERD_EXTRA", OsStr::new(extra))];
         vars.extend_from_slice(env);
         let socket = hack_start_env(
             "cri/containerd.sh",
             version,
             &dir,
-            &shim_dir(),
+            &shim_dir,
             &vars,
             &format!("containerd {version} (CRI) did not start"),
         );
@@ -198,6 +216,7 @@ impl Cri {
             version: version.to_string(),
             dir,
             socket,
+            shim_dir,
             rt,
             runtime,
             images,
@@ -231,9 +250,15 @@ impl Cri {
             "cri/containerd.sh",
             &self.version,
             &self.dir,
-            &shim_dir(),
+            &self.shim_dir,
             &format!("containerd {} (CRI) did not restart", self.version),
         );
+        self.reconnect();
+    }
+
+    /// Connects anew to a containerd someone else restarted and waits until
+    /// CRI is ready.
+    pub fn reconnect(&mut self) {
         (self.runtime, self.images) = clients(&self.rt, &self.socket);
         self.wait_ready(Duration::from_secs(20));
     }

@@ -596,7 +596,7 @@ fn snippets_agree() {
     let repo = oomguard_integration::harness::repo();
     let read =
         |p: &str| std::fs::read_to_string(repo.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
-    let handlers: Vec<String> = read("hack/cri/runtimeclass.yaml")
+    let handlers: Vec<String> = read("deploy/runtimeclasses.yaml")
         .lines()
         .filter_map(|l| l.strip_prefix("handler: "))
         .map(|h| h.trim().to_string())

@@ -11,6 +11,8 @@ use oomguard_integration::docker::{ensure_deps, Dockerd};
 use oomguard_integration::harness::{assert_ok, hack, instance_dir, Containerd};
 
 const NAME: &str = "docker.io/oomguard/installer";
+/// Where the image holds the binary (ctr run replaces the entrypoint too).
+const SHIM: &str = "/usr/local/bin/containerd-shim-oomguard-v2";
 
 struct Built {
     archive: PathBuf,
@@ -89,7 +91,7 @@ fn installer_image_is_reproducible_and_imports() {
         );
     }
     // Its binary runs in the image's root filesystem (static: no libc there).
-    let out = c.ctr(&["run", "--rm", &image, "image-run"]);
+    let out = c.ctr(&["run", "--rm", &image, "image-run", SHIM, "-v"]);
     assert_ok(&out, "ctr run of the installer image");
     assert_eq!(text(&out), format!("containerd-shim-oomguard-v2 {version}"));
     let _ = c.ctr(&["images", "rm", &image]);
@@ -107,7 +109,7 @@ fn installer_image_is_reproducible_and_imports() {
         ids.push(text(&out));
     }
     assert_eq!(ids[0], ids[1], "two loads, two images");
-    let out = d.docker(&["run", "--rm", "--network", "none", &image]);
+    let out = d.docker(&["run", "--rm", "--network", "none", &image, "-v"]);
     assert_ok(&out, "docker run of the installer image");
     assert_eq!(text(&out), format!("containerd-shim-oomguard-v2 {version}"));
     let _ = d.docker(&["image", "rm", &image]);

@@ -10,6 +10,7 @@ mod cri_tables;
 mod docker;
 mod files;
 mod gvisor;
+mod node;
 mod plan;
 mod snippets;
 
@@ -39,25 +40,36 @@ pub fn dispatch(args: &[OsString]) -> Option<i32> {
             return Some(2);
         }
     };
-    Some(match run(&opts) {
+    // The node installer says itself what was written before a failure.
+    let result = match opts.node {
+        Some(_) => node::run(&opts),
+        None => run(&opts).map_err(|e| format!("{e}\nnothing was written")),
+    };
+    Some(match result {
         Ok(()) => 0,
         Err(e) => {
-            eprintln!("{NAME} {action}: {e}\nnothing was written");
+            eprintln!("{NAME} {action}: {e}");
             1
         }
     })
 }
 
-fn run(opts: &cli::Options) -> Result<(), String> {
+/// Every change the options ask for (`docker`: daemon.json, when wanted),
+/// every file read and checked, nothing written.
+fn plan_all(opts: &cli::Options, docker: Option<&std::path::Path>) -> Result<Plan, String> {
     let mut plan = Plan::default();
     if let Some(path) = &opts.containerd {
         containerd::plan(opts, path, &mut plan)?;
     }
-    if let Some(path) = &opts.docker {
+    if let Some(path) = docker {
         docker::plan(opts.action, path, &opts.config_dir, &mut plan)?;
     }
     files::plan(opts, &mut plan)?;
+    Ok(plan)
+}
 
+fn run(opts: &cli::Options) -> Result<(), String> {
+    let plan = plan_all(opts, opts.docker.as_deref())?;
     let action = opts.action;
     for note in &plan.notes {
         println!("{NAME} {action}: {note}");
@@ -109,6 +121,7 @@ mod tests {
             config_dir_given: true,
             default: false,
             dry_run: false,
+            node: None,
         };
         let e = run(&opts).unwrap_err();
         assert!(

@@ -41,10 +41,28 @@ pub fn for_config_dir(text: &str, dir: &Path) -> String {
         .replace(CANONICAL_BINARY, &shim_binary())
 }
 
-/// The binary a `runtime_path` should name: this one, when it is the shim
-/// (`install` run from /usr/local/bin configures /usr/local/bin's), else
-/// (unit tests, odd characters) the canonical path.
+/// The binary the node installer placed on the host (`node.rs`): its
+/// `current_exe` is the container's.
+static PLACED_BINARY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+
+/// Makes `runtime_path` name `path` (a checked host path) from now on.
+pub fn use_placed_binary(path: &Path) -> Result<(), String> {
+    let s = path
+        .to_str()
+        .filter(|s| !s.chars().any(|c| c == '"' || c == '\\' || c.is_control()))
+        .ok_or_else(|| format!("{}: not a path a config can name", path.display()))?;
+    let _ = PLACED_BINARY.set(s.to_string());
+    Ok(())
+}
+
+/// The binary a `runtime_path` should name: the one the node installer
+/// placed; else this one, when it is the shim (`install` run from
+/// /usr/local/bin configures /usr/local/bin's); else (unit tests, odd
+/// characters) the canonical path.
 fn shim_binary() -> String {
+    if let Some(placed) = PLACED_BINARY.get() {
+        return placed.clone();
+    }
     std::env::current_exe()
         .ok()
         .and_then(|p| p.canonicalize().ok())

@@ -45,6 +45,7 @@ fn opts(action: Action, config: &Path, default: bool) -> Options {
         config_dir_given: false,
         default,
         dry_run: false,
+        node: None,
     }
 }
 
