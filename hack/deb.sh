@@ -8,6 +8,7 @@
 #   the sources) into OUT_DIR (default target/deb) and prints the .deb's path:
 #     /usr/bin/containerd-shim-oomguard-v2
 #     /usr/share/doc/oomguard/README.md, copyright
+#     /usr/share/doc/oomguard/docs/      docs/*.md (beside README.md, so its links work)
 #     /usr/share/doc/oomguard/examples/  the canonical snippets: containerd-1.x.toml,
 #         containerd-2.x.toml, daemon.json, runc.toml, runsc.toml,
 #         runsc-network-host.toml, runtimeclasses.yaml (deploy/)
@@ -41,10 +42,11 @@ stage=$(mktemp -d)
 trap 'rm -rf "$stage"' EXIT
 root="$stage/root"
 doc="$root/usr/share/doc/oomguard"
-install -d -m 0755 "$root/usr/bin" "$root/DEBIAN" "$doc/examples"
+install -d -m 0755 "$root/usr/bin" "$root/DEBIAN" "$doc/examples" "$doc/docs"
 install -m 0755 "$bin" "$root/usr/bin/containerd-shim-oomguard-v2"
 strip --strip-unneeded "$root/usr/bin/containerd-shim-oomguard-v2" || die "strip failed"
 install -m 0644 "$REPO/README.md" "$doc/README.md"
+install -m 0644 "$REPO"/docs/*.md "$doc/docs/"
 install -m 0644 "$REPO/hack/cri/containerd-1.x.toml" "$REPO/hack/cri/containerd-2.x.toml" \
 	"$REPO/hack/docker/daemon.json" "$REPO/hack/cri/oomguard/runc.toml" \
 	"$REPO/hack/cri/oomguard/runsc.toml" "$REPO/hack/cri/oomguard/runsc-network-host.toml" \

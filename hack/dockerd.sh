@@ -8,7 +8,7 @@
 #
 #   start  VER is 26 or 28 (binaries from "hack/deps.sh docker" under
 #          .cache/docker/VER). Writes DIR/daemon.json from hack/docker/daemon.json
-#          (the README's daemon.json; its "/etc/oomguard/" becomes DIR/oomguard/,
+#          (docs/configuration.md's; its "/etc/oomguard/" becomes DIR/oomguard/,
 #          where the shim of OOMGUARD_SHIM_DIR (default target/debug) has written
 #          the TOML files as `install --config-dir` does here) and starts
 #          dockerd on CONTAINERD_SOCK with --iptables=false --bridge=none, data
@@ -29,7 +29,7 @@
 #
 # Environment for start:
 #   OOMGUARD_DOCKERD_CONFIG  a daemon.json to run on, as it is, instead of the
-#                            README's (e.g. one "containerd-shim-oomguard-v2
+#                            documented one (e.g. one "containerd-shim-oomguard-v2
 #                            install --docker FILE" edited); its path is kept in
 #                            DIR/config-file
 #

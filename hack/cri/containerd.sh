@@ -10,8 +10,9 @@
 #   start  Runs hack/cri/setup.sh, creates the network namespace
 #          oomguard-<hash of DIR> (ip netns add; lo up), and in it starts
 #          hack/containerd.sh start VER DIR SHIM_DIR with
-#            - the README's CRI runtime handlers: hack/cri/containerd-1.x.toml
-#              (VER 1.6, 1.7) or hack/cri/containerd-2.x.toml (VER 2), as they
+#            - the documented CRI runtime handlers (docs/configuration.md):
+#              hack/cri/containerd-1.x.toml (VER 1.6, 1.7) or
+#              hack/cri/containerd-2.x.toml (VER 2), as they
 #              are except that their "version = N" line is dropped (the
 #              generated config has it) and "/etc/oomguard/" becomes
 #              DIR/oomguard/, where SHIM_DIR's shim has written runc.toml and
@@ -40,7 +41,7 @@
 #          oomguard handler: an operator's file before "containerd-shim-oomguard-v2
 #          install") and prints its path; start then runs containerd on that
 #          file as it is (hack/containerd.sh config), without adding the
-#          README's handlers or writing DIR/oomguard/ (install's, then).
+#          documented handlers or writing DIR/oomguard/ (install's, then).
 set -euo pipefail
 # shellcheck source=hack/lib.sh
 source "$(dirname "${BASH_SOURCE[0]}")/../lib.sh"
@@ -49,7 +50,7 @@ netns_name() {
 	printf 'oomguard-%s\n' "$(printf '%s' "$1" | sha256sum | cut -c1-12)"
 }
 
-# The README's CRI snippet for VER, made usable as OOMGUARD_CONTAINERD_EXTRA,
+# The documented CRI snippet for VER, made usable as OOMGUARD_CONTAINERD_EXTRA,
 # its TOML files in CONFIG_DIR (as install writes them, lane_oomguard_configs).
 handlers() {
 	local ver=$1 shim_dir=$2 config_dir=$3 file

@@ -1,6 +1,6 @@
 //! A private containerd serving Kubernetes' CRI (started by
 //! `hack/cri/containerd.sh`: its own network namespace, CNI bridge, the
-//! README's runtime handlers, local pause and busybox images), and a CRI v1
+//! documented runtime handlers, local pause and busybox images), and a CRI v1
 //! client (crate `k8s-cri`, tonic over the unix socket) with the calls a
 //! kubelet makes.
 
@@ -24,7 +24,7 @@ use crate::harness::{
 pub const HANDLER: &str = "oomguard";
 pub const RUNSC_HANDLER: &str = "oomguard-runsc";
 pub const STOCK_HANDLER: &str = "runc";
-/// Test-only handlers (`Cri::start_with_gvisor_lanes`), beside the README's
+/// Test-only handlers (`Cri::start_with_gvisor_lanes`), beside the documented
 /// `oomguard-runsc` (runsc 20240729, gVisor's default platform, systrap):
 /// the same runsc on ptrace (the smoke lane of gVisor's slower platform),
 /// and bookworm's runsc 20221219 (ptrace, its default; it keeps no memory

@@ -55,7 +55,7 @@ impl Dockerd {
     }
 
     /// `start`, with dockerd on `daemon_json` as it is (instead of the
-    /// README's daemon.json) when given.
+    /// documented daemon.json, `hack/docker/`) when given.
     pub fn start_with(
         version: &str,
         containerd_version: &str,

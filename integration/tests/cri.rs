@@ -1,5 +1,5 @@
 //! Kubernetes' view through CRI (v1 gRPC, as a kubelet calls it) of
-//! containerd 1.7 and 2.x with the README's runtime handlers
+//! containerd 1.7 and 2.x with the documented runtime handlers
 //! (`hack/cri/containerd-*.toml`): the reason and exit code of each
 //! container (`OOMKilled` 137, `Completed` 0, `Error`), ExecSync,
 //! ContainerStats, several containers per pod, and that removing a pod
@@ -489,7 +489,7 @@ fn working_set(c: &Cri, id: &str) -> u64 {
 
 /// A gVisor pod without a pod limit whose containers have their own (the
 /// issue's pod: A sleeps, B reads 68, 80 or 300 MB at once, 64 MiB each),
-/// under the README's handler (runsc 20240729, which accounts each
+/// under the documented handler (runsc 20240729, which accounts each
 /// container's memory apart; systrap, network "host"):
 /// every B is `OOMKilled` 137 alone, its kill sent before it could exit;
 /// A, and a container without a limit holding 100 MB, live on; a container
@@ -587,16 +587,22 @@ fn runsc_container_limits_unenforced_on_20221219(version: &str) {
     c.assert_clean();
 }
 
-/// The README's snippets (hack/cri/, hack/docker/) name the same handlers
-/// and config files as the tests use: RuntimeClass handlers are CRI runtimes
-/// in both containerd configs, every ConfigPath is /etc/oomguard/NAME with
-/// hack/cri/oomguard/NAME as its example.
+/// The snippets docs/configuration.md shows (hack/cri/, hack/docker/) name
+/// the same handlers and config files as the tests use: RuntimeClass
+/// handlers are CRI runtimes in both containerd configs, every ConfigPath is
+/// /etc/oomguard/NAME with hack/cri/oomguard/NAME as its example.
 #[test]
 fn snippets_agree() {
     let repo = oomguard_integration::harness::repo();
     let read =
         |p: &str| std::fs::read_to_string(repo.join(p)).unwrap_or_else(|e| panic!("{p}: {e}"));
-    let handlers: Vec<String> = read("deploy/runtimeclasses.yaml")
+    let doc = "docs/configuration.md";
+    let runtimeclass = read("deploy/runtimeclasses.yaml");
+    assert!(
+        read(doc).contains(&format!("```yaml\n{runtimeclass}```")),
+        "{doc} does not show deploy/runtimeclasses.yaml as it is"
+    );
+    let handlers: Vec<String> = runtimeclass
         .lines()
         .filter_map(|l| l.strip_prefix("handler: "))
         .map(|h| h.trim().to_string())
@@ -612,8 +618,8 @@ fn snippets_agree() {
     ] {
         let text = read(file);
         assert!(
-            read("README.md").contains(&format!("```toml\n{text}```")),
-            "README.md does not show {file} as it is"
+            read(doc).contains(&format!("```toml\n{text}```")),
+            "{doc} does not show {file} as it is"
         );
         for h in &handlers {
             let table = format!("[plugins.\"{plugin}\".containerd.runtimes.{h}]");

@@ -1,5 +1,5 @@
 //! gVisor pods with networking, through CRI as a kubelet drives it, under
-//! the README's handler `oomguard-runsc` (runsc 20240729 on systrap, with the
+//! the documented handler `oomguard-runsc` (runsc 20240729 on systrap, with the
 //! network mode `install` writes on this machine: "host" here, the host
 //! kernel's stack in the pod's own namespace). The "node" is the network
 //! namespace containerd runs in (CNI's bridge `oomguard0`, 10.88.0.1).

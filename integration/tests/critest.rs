@@ -145,7 +145,7 @@ fn containerd_2_runc() {
 /// needs no container in a pod: its runc shim waits for `runsc start`'s
 /// output, which a joining container inherits, so StartContainer and pod
 /// teardown time out (measured: every container spec, 20 s to 10 min each;
-/// README). It runs the specs it can pass, and the pod basics, with a
+/// docs/testing.md). It runs the specs it can pass, and the pod basics, with a
 /// short timeout so its hangs cost seconds, not minutes.
 const GVISOR_STOCK_ARGS: &[&str] = &[
     "-runtime-service-timeout=20s",
@@ -161,14 +161,14 @@ const GVISOR_ARGS: &[&str] = &[
 ];
 
 /// Specs skipped for oomguard-runsc: what gVisor itself cannot do there
-/// (the README's list has the same lines).
+/// (docs/testing.md's list has the same lines).
 const GVISOR_SKIPPED: &[(&str, &str)] = &[(
     "HostNetwork is true",
     "/proc/net/tcp inside the sandbox lists none of the host's sockets with network \"host\" (the spec looks for its host port there)",
 )];
 
 /// What gVisor itself cannot do (oomguard-runsc fails these for reasons of
-/// the sandbox, not of the shim); the README's table has the same lines.
+/// the sandbox, not of the shim); docs/testing.md's table has the same lines.
 const GVISOR_CANNOT: &[(&str, &str)] = &[
     ("HostIpc is", "no /proc/sysvipc inside the sandbox"),
     (
@@ -215,12 +215,13 @@ fn containerd_1_7_gvisor() {
     );
 }
 
-/// The README lists what gVisor cannot pass, as the lane allows it.
+/// docs/testing.md lists what gVisor cannot pass, as the lane allows it.
 #[test]
-fn gvisor_limits_are_in_the_readme() {
-    let readme = std::fs::read_to_string(repo().join("README.md")).expect("README.md");
+fn gvisor_limits_are_in_docs_testing() {
+    let doc = "docs/testing.md";
+    let text = std::fs::read_to_string(repo().join(doc)).expect(doc);
     for (spec, why) in GVISOR_CANNOT.iter().chain(GVISOR_SKIPPED) {
         let line = format!("| {spec} | {why} |");
-        assert!(readme.contains(&line), "README lacks the line {line:?}");
+        assert!(text.contains(&line), "{doc} lacks the line {line:?}");
     }
 }

@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
-use oomguard_integration::harness::{assert_ok, hack, instance_dir, shim_dir};
+use oomguard_integration::harness::{assert_ok, hack, instance_dir, repo, shim_dir};
 
 const PACKAGE: &str = "oomguard";
 const BINARY: &str = "/usr/bin/containerd-shim-oomguard-v2";
@@ -118,7 +118,8 @@ fn package_installs_runs_and_removes_cleanly() {
         "{deb_s}"
     );
 
-    // What it declares and holds: no maintainer scripts, the examples.
+    // What it declares and holds: no maintainer scripts, the examples, the
+    // README with the docs/ pages it links.
     let field = |f: &str| text(&run("dpkg-deb", &["-f", deb_s, f])).trim().to_string();
     assert_eq!(field("Package"), PACKAGE);
     let depends = field("Depends");
@@ -135,6 +136,16 @@ fn package_installs_runs_and_removes_cleanly() {
     members.sort();
     assert_eq!(members, ["./control", "./md5sums"], "maintainer scripts?");
     let contents = text(&run("dpkg-deb", &["-c", deb_s]));
+    let docs = std::fs::read_dir(repo().join("docs"))
+        .expect("docs/")
+        .map(|e| {
+            e.expect("docs/ entry")
+                .file_name()
+                .to_string_lossy()
+                .to_string()
+        })
+        .filter(|name| name.ends_with(".md"))
+        .map(|name| format!(".{DOC}/docs/{name}"));
     for f in [
         format!(".{BINARY}"),
         format!(".{DOC}/examples/containerd-1.x.toml"),
@@ -143,7 +154,11 @@ fn package_installs_runs_and_removes_cleanly() {
         format!(".{DOC}/examples/runc.toml"),
         format!(".{DOC}/examples/runsc.toml"),
         format!(".{DOC}/copyright"),
-    ] {
+        format!(".{DOC}/README.md"),
+    ]
+    .into_iter()
+    .chain(docs)
+    {
         assert!(contents.contains(&f), "{f} not in the package:\n{contents}");
     }
 

@@ -1,6 +1,6 @@
 //! Docker on oomguard: dockerd 26 on containerd 1.7 and dockerd 28 on
 //! containerd 2.x (the pairs Debian ships), each private (`hack/dockerd.sh`,
-//! `hack/containerd.sh`), with the README's daemon.json
+//! `hack/containerd.sh`), with the documented daemon.json
 //! (`hack/docker/daemon.json`). What a Docker user sees: `docker run`'s exit
 //! code, `docker inspect`'s State.OOMKilled and ExitCode, `docker events`.
 

@@ -52,7 +52,7 @@ fn containerd_2_inspect_runtime() {
     );
 }
 
-/// containerd 2.x's CRI introspects each handler at start-up; the README's
+/// containerd 2.x's CRI introspects each handler at start-up; the documented
 /// "oomguard" handler reports runc's features (recursive read-only mounts).
 #[test]
 fn containerd_2_cri_learns_the_handlers_features() {

@@ -2,8 +2,9 @@
 //! daemons: containerd 1.7 and 2.x started (CRI, `hack/cri/containerd.sh`) on
 //! the config.toml `install` edited, with pods under both handlers; dockerd 26
 //! and 28 on the daemon.json it edited; `containerd config dump` of the files it
-//! writes (imports merged as containerd merges them); and the README, the
-//! canonical snippets and what `install` writes agreeing.
+//! writes (imports merged as containerd merges them); and
+//! docs/configuration.md, the canonical snippets and what `install` writes
+//! agreeing.
 
 use std::ffi::OsStr;
 use std::fs;
@@ -570,11 +571,12 @@ fn sandbox_network_misfires(path: &str) -> bool {
             .is_ok_and(|s| s.success())
 }
 
-/// The README shows the canonical snippets verbatim, and install writes
-/// exactly them (with the config directory it was given).
+/// docs/configuration.md shows the canonical snippets verbatim, and install
+/// writes exactly them (with the config directory it was given).
 #[test]
-fn readme_snippets_and_install_agree() {
-    let readme = fs::read_to_string(repo().join("README.md")).unwrap();
+fn configuration_snippets_and_install_agree() {
+    let doc = "docs/configuration.md";
+    let shown = fs::read_to_string(repo().join(doc)).unwrap();
     let canonical = [
         ("containerd 1.x", "hack/cri/containerd-1.x.toml"),
         ("containerd 2.x", "hack/cri/containerd-2.x.toml"),
@@ -588,13 +590,10 @@ fn readme_snippets_and_install_agree() {
     ];
     for (_, file) in canonical {
         let text = fs::read_to_string(repo().join(file)).unwrap();
-        assert!(
-            readme.contains(&text),
-            "README does not show {file} as it is"
-        );
+        assert!(shown.contains(&text), "{doc} does not show {file} as it is");
     }
 
-    let s = Scratch::new("install-readme");
+    let s = Scratch::new("install-docs");
     let config_dir = s.0.join("etc");
     let dir = format!("{}/", config_dir.display());
     for version in ["1.7", "2"] {

@@ -1,7 +1,8 @@
-//! The canonical configuration snippets (the README shows them, the tests run
-//! them), compiled into the binary: what `install` writes is these files, with
-//! `/etc/oomguard/` replaced by the chosen config directory and the shim's
-//! canonical path (a `runtime_path`) by the binary that runs `install`.
+//! The canonical configuration snippets (docs/configuration.md shows them,
+//! the tests run them), compiled into the binary: what `install` writes is
+//! these files, with `/etc/oomguard/` replaced by the chosen config directory
+//! and the shim's canonical path (a `runtime_path`) by the binary that runs
+//! `install`.
 
 use std::path::Path;
 

@@ -230,7 +230,7 @@ fn v3_drop_in_under_the_imports_glob() {
 fn v3_handler_in_another_file_counts() {
     let t = Tmp::new("elsewhere3");
     let conf_d = t.0.join("conf.d");
-    // The operator copied the README's snippet into the main file by hand.
+    // The operator copied the documented snippet into the main file by hand.
     let main = format!(
         "version = 3\nimports = [\"{}/*.toml\"]\n\n{}",
         conf_d.display(),
