@@ -24,6 +24,7 @@ on_every_docker!(
     stop_and_kill,
     restart_after_oom,
     runsc_oom_is_reported,
+    oom_story_in_docker_logs,
 );
 
 const DD: &str = "dd if=/dev/zero of=/dev/null bs=100M count=1";
@@ -360,6 +361,41 @@ fn runsc_oom_is_reported(pair: (&str, &str)) {
         assert_eq!(exit_code(&out), 137, "{name}: {out:?}");
         assert_state(&d, name, true, 137);
         assert_oom_then_die(&d, name, "137");
+    }
+    d.assert_clean();
+}
+
+/// With the annotation `io.oomguard.oom-report=stderr` (`docker run
+/// --annotation`), `docker logs` shows the OOM story on stderr; without it,
+/// the container's output is its own.
+fn oom_story_in_docker_logs(pair: (&str, &str)) {
+    let d = start(pair);
+    let script = format!("echo before; {DD}");
+    for (name, opts, story) in [
+        (
+            "story",
+            &["-m", "32m", "--annotation", "io.oomguard.oom-report=stderr"][..],
+            true,
+        ),
+        ("no-story", &["-m", "32m"][..], false),
+    ] {
+        let out = d.run(RUNTIME, name, opts, &["sh", "-c", &script]);
+        assert_eq!(exit_code(&out), 137, "{name}: {out:?}");
+        assert_state(&d, name, true, 137);
+        let logs = d.docker(&["logs", name]);
+        assert_ok(&logs, "docker logs");
+        assert_eq!(stdout(&logs), "before\n", "{name}");
+        let stderr = String::from_utf8_lossy(&logs.stderr).to_string();
+        assert_eq!(
+            stderr.contains(
+                "oomguard: OOM-killed: the container reached its memory limit of 32.0 MiB"
+            ),
+            story,
+            "{name}: {stderr:?}"
+        );
+        if story {
+            eprintln!("docker logs {name} (stderr):\n{stderr}");
+        }
     }
     d.assert_clean();
 }

@@ -49,6 +49,12 @@ pub struct RuntimeConfig {
     /// Kill the whole container when the OOM killer takes any of its
     /// processes (Kubernetes' cgroup v2 behaviour), on v1 too.
     pub oom_group: bool,
+    /// Write an OOM kill's story into an empty termination-message file.
+    #[serde(default = "yes")]
+    pub termination_message: bool,
+    /// Write it into the container's stderr too (`oom_report = "stderr"`).
+    #[serde(default)]
+    pub oom_report_stderr: bool,
     /// Where it came from (the TOML file's path, "ConfigBody", "runc
     /// options"), for errors that name the key to change.
     #[serde(default)]
@@ -69,6 +75,8 @@ impl Default for RuntimeConfig {
             log_level: None,
             runsc_config: BTreeMap::new(),
             oom_group: true,
+            termination_message: true,
+            oom_report_stderr: false,
             source: String::new(),
         }
     }
@@ -86,7 +94,13 @@ struct FileConfig {
     no_pivot_root: Option<bool>,
     no_new_keyring: Option<bool>,
     oom_group: Option<bool>,
+    termination_message: Option<bool>,
+    oom_report: Option<String>,
     runsc_config: Option<BTreeMap<String, toml::Value>>,
+}
+
+fn yes() -> bool {
+    true
 }
 
 impl RuntimeConfig {
@@ -168,6 +182,15 @@ impl RuntimeConfig {
         c.no_pivot_root = file.no_pivot_root.unwrap_or(false);
         c.no_new_keyring = file.no_new_keyring.unwrap_or(false);
         c.oom_group = file.oom_group.unwrap_or(true);
+        c.termination_message = file.termination_message.unwrap_or(true);
+        if let Some(v) = &file.oom_report {
+            c.oom_report_stderr =
+                crate::report::parse_oom_report(v).map_err(|message| ConfigError::Key {
+                    path: origin.to_string(),
+                    key: "oom_report".to_string(),
+                    message,
+                })?;
+        }
         for (key, value) in file.runsc_config.unwrap_or_default() {
             let value = match value {
                 toml::Value::String(s) => s,
@@ -185,6 +208,14 @@ impl RuntimeConfig {
             c.runsc_config.insert(key, value);
         }
         Ok(c)
+    }
+
+    /// The reports the config asks for (annotations may change them).
+    pub fn report_settings(&self) -> crate::report::Settings {
+        crate::report::Settings {
+            termination_message: self.termination_message,
+            stderr: self.oom_report_stderr,
+        }
     }
 
     /// Whether the runtime binary is gVisor's runsc.
@@ -348,6 +379,33 @@ mod tests {
         a.type_url = type_url.to_string();
         a.value = value;
         a
+    }
+
+    #[test]
+    fn report_keys() {
+        let c = RuntimeConfig::from_toml("t.toml", "").unwrap();
+        assert!(c.termination_message && !c.oom_report_stderr);
+        let c = RuntimeConfig::from_toml(
+            "t.toml",
+            "oom_report = \"stderr\"\ntermination_message = false\n",
+        )
+        .unwrap();
+        assert!(!c.termination_message && c.oom_report_stderr);
+        let e = RuntimeConfig::from_toml("t.toml", "oom_report = \"loud\"\n").unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config file t.toml: key \"oom_report\": \"loud\" is not \"stderr\" or \"none\""
+        );
+        let e = RuntimeConfig::from_toml("t.toml", "termination_message = \"yes\"\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("termination_message"), "{e}");
+        // A config saved by an older shim (no such keys) keeps the defaults.
+        let old: RuntimeConfig = serde_json::from_str(
+            r#"{"binary_name":"runc","root":null,"systemd_cgroup":false,"no_pivot_root":false,"no_new_keyring":false,"io_uid":0,"io_gid":0,"shim_cgroup":"","log_level":null,"runsc_config":{},"oom_group":true}"#,
+        )
+        .unwrap();
+        assert!(old.termination_message && !old.oom_report_stderr);
     }
 
     #[test]

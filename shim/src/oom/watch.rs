@@ -17,6 +17,7 @@
 //! after the notification on an idle host, while the kernel wakes log
 //! readers only at its next tick (printk's lazy irq_work), up to 10 ms later.
 
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -28,7 +29,7 @@ use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 
 use super::kmsg::{self, Logged, Victim};
-use super::memcg::{Memcg, OomCounters};
+use super::memcg::{self, Memcg, OomCounters};
 use super::notify::Notifier;
 use super::pressure;
 use super::recheck::{Recheck, FOLLOW_UP};
@@ -313,6 +314,79 @@ impl OomWatch {
 
     fn owns(&self, v: &Victim) -> bool {
         self.memcg_rel.as_deref().is_some_and(|rel| v.in_memcg(rel))
+    }
+
+    /// What is known of the container's OOM kill, for people
+    /// (`report`): the kernel log's victim, the memcg's figures now.
+    pub fn story(&self) -> crate::report::Story {
+        use crate::report::story::Source;
+        let (counted, logged) = self.kills();
+        let victims = self
+            .victims
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        // The largest victim is the one that explains the kill.
+        let victim = victims.iter().max_by_key(|v| v.anon_rss_kb.unwrap_or(0));
+        let kills = counted.map_or(0, |c| c.kills).max(logged);
+        let figures = self.figures_of_the_memcg_that_ran_out(victim);
+        crate::report::Story {
+            // gVisor's processes live in its sentry: the host memcg's kill
+            // is the sandbox's.
+            source: if counted.is_some_and(|c| c.kills > 0 || c.ooms > 0) {
+                if self.runtime.processes_on_host() {
+                    Source::MemcgEvent
+                } else {
+                    Source::GvisorSentry
+                }
+            } else if victim.is_some() {
+                Source::KernelLog
+            } else {
+                Source::Unknown
+            },
+            victim_pid: victim.map(|v| v.pid),
+            victim_comm: victim.map(|v| v.comm.clone()),
+            victim_rss_kib: victim.and_then(|v| v.anon_rss_kb),
+            usage_bytes: figures.usage,
+            limit_bytes: figures.limit,
+            peak_bytes: figures.peak,
+            processes_killed: u32::try_from(kills).ok().filter(|k| *k > 0),
+            group_kill: self.oom_group,
+            global: victim.is_some_and(|v| v.is_global()),
+        }
+    }
+
+    /// The memory figures of the memcg the kernel log says ran out (the
+    /// pod's, for a gVisor sandbox or a pod-level limit), else the
+    /// container's own.
+    fn figures_of_the_memcg_that_ran_out(&self, victim: Option<&Victim>) -> memcg::Figures {
+        let Some(own) = &self.memcg else {
+            return memcg::Figures::default();
+        };
+        let ran_out = match (
+            own,
+            &self.memcg_rel,
+            victim.and_then(|v| v.oom_memcg.as_deref()),
+        ) {
+            (Memcg::V1(path) | Memcg::V2(path), Some(rel), Some(oom)) if oom != rel.as_str() => {
+                let root = path
+                    .to_str()
+                    .and_then(|p| p.strip_suffix(rel.trim_end_matches('/')));
+                root.map(|r| {
+                    let dir = PathBuf::from(format!(
+                        "{}/{}",
+                        r.trim_end_matches('/'),
+                        oom.trim_start_matches('/')
+                    ));
+                    match own {
+                        Memcg::V1(_) => Memcg::V1(dir),
+                        Memcg::V2(_) => Memcg::V2(dir),
+                    }
+                })
+            }
+            _ => None,
+        };
+        memcg::figures(ran_out.as_ref().unwrap_or(own))
     }
 
     /// Keeps a victim of this container's memcg (once: the exit path may

@@ -66,6 +66,9 @@ pub struct IoHandles {
     /// stdout; the exit is published after that.
     output_done: Option<oneshot::Receiver<()>>,
     pub console: Option<Console>,
+    /// The process's stderr destination, kept for oomguard's own line
+    /// (`oom_report = "stderr"`); given up at the exit.
+    pub stderr_report: Option<std::fs::File>,
 }
 
 impl IoHandles {
@@ -109,8 +112,25 @@ fn open_log_file(path: &Path) -> io::Result<OwnedFd> {
 }
 
 /// Opens a non-terminal process's streams. `namespace`/`id` are handed to a
-/// `binary://` logger.
+/// `binary://` logger. `keep_stderr` keeps a descriptor on the stderr
+/// destination for the shim's own line.
 pub async fn open(
+    spec: &StdioSpec,
+    namespace: &str,
+    id: &str,
+    keep_stderr: bool,
+) -> io::Result<(ProcessStdio, IoHandles)> {
+    let (stdio, mut handles) = open_streams(spec, namespace, id).await?;
+    if keep_stderr {
+        handles.stderr_report = match &stdio.stderr {
+            Some(fd) => Some(std::fs::File::from(fd.try_clone()?)),
+            None => None,
+        };
+    }
+    Ok((stdio, handles))
+}
+
+async fn open_streams(
     spec: &StdioSpec,
     namespace: &str,
     id: &str,

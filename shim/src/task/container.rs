@@ -16,6 +16,7 @@ use crate::config::RuntimeConfig;
 use crate::events::Publisher;
 use crate::oom::own_limit::limit_of;
 use crate::oom::{oom_group_for, ContainerMemory, OomWatch};
+use crate::report::{self, Report};
 use crate::rootfs;
 use crate::rpc::{self, RpcResult};
 use crate::stdio::{self, ConsoleSocket, IoHandles, StdioSpec};
@@ -40,6 +41,8 @@ pub struct Container {
     pub kill_all_on_exit: bool,
     /// Its own memory usage and limit where its host memcg is shared.
     pub own_memory: Arc<ContainerMemory>,
+    /// Where an OOM kill's story goes besides containerd.
+    pub report: Report,
     rootfs_mounted: bool,
 }
 
@@ -112,6 +115,8 @@ impl Container {
         let oom_group = oom_group_for(&spec, req.config.oom_group)
             .map_err(|e| rpc::invalid(format!("bundle {}: config.json: {e}", bundle.display())))?;
         let kill_all_on_exit = kills_all_on_exit(&spec);
+        let settings = report::Settings::resolve(req.id, &spec, req.config.report_settings());
+        let report = Report::for_container(req.id, &spec, &settings);
 
         let rootfs_mounted = !req.rootfs.is_empty();
         rootfs::mount(req.rootfs, &bundle.join("rootfs"))
@@ -119,7 +124,8 @@ impl Container {
 
         let runtime = runtime_for(&req.config, &bundle, req.namespace);
         let init = Arc::new(Process::new(String::new(), req.stdio.clone()));
-        let created = Self::create_init(&req, &bundle, runtime.as_ref(), &init).await;
+        let created =
+            Self::create_init(&req, &bundle, runtime.as_ref(), &init, settings.stderr).await;
         let exit = match created {
             Ok(exit) => exit,
             Err(e) => {
@@ -156,6 +162,7 @@ impl Container {
             oom,
             kill_all_on_exit,
             own_memory,
+            report,
             rootfs_mounted,
         });
         Ok((container, exit))
@@ -166,6 +173,7 @@ impl Container {
         bundle: &Path,
         runtime: &dyn OciRuntime,
         init: &Process,
+        keep_stderr: bool,
     ) -> RpcResult<ExitReceiver> {
         let pid_file = bundle.join("init.pid");
         let console = if req.stdio.terminal {
@@ -176,7 +184,7 @@ impl Container {
         let (process_stdio, mut handles) = if req.stdio.terminal {
             (Default::default(), IoHandles::default())
         } else {
-            stdio::open(&req.stdio, req.namespace, req.id)
+            stdio::open(&req.stdio, req.namespace, req.id, keep_stderr)
                 .await
                 .map_err(|e| rpc::invalid(format!("stdio: {e}")))?
         };
@@ -311,7 +319,7 @@ impl Container {
         let (process_stdio, mut handles) = if process.stdio.terminal {
             (Default::default(), IoHandles::default())
         } else {
-            stdio::open(&process.stdio, &self.namespace, &self.id)
+            stdio::open(&process.stdio, &self.namespace, &self.id, false)
                 .await
                 .map_err(|e| rpc::invalid(format!("stdio: {e}")))?
         };

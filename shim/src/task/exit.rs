@@ -55,7 +55,18 @@ pub async fn init_exited(container: Arc<Container>, exit: Exit, publisher: Publi
             p.wait().await;
         }
     }
-    container.init.io.lock().await.drain().await;
+    let stderr = {
+        let mut io = container.init.io.lock().await;
+        io.drain().await;
+        io.stderr_report.take()
+    };
+    if verdict.oom_killed {
+        let story = match container.own_memory.story().await {
+            Some(own) => own,
+            None => container.oom.story(),
+        };
+        container.report.oom_killed(&container.id, &story, stderr);
+    }
     publish_exit(&container, &container.init, &exit, &verdict, &publisher).await;
 }
 

@@ -153,6 +153,19 @@ impl ContainerMemory {
         self.limit
     }
 
+    /// The story of the kill the watch made, if it made one.
+    pub async fn story(&self) -> Option<crate::report::Story> {
+        let e = self.slot.lock().await.clone()?;
+        Some(crate::report::Story {
+            source: crate::report::story::Source::OwnLimit,
+            usage_bytes: Some(e.usage),
+            limit_bytes: Some(e.limit),
+            peak_bytes: Some(e.usage),
+            group_kill: true,
+            ..Default::default()
+        })
+    }
+
     /// At the init's exit: leaves the watch (after any round in flight)
     /// and, if the watch killed it, makes the exit an OOM kill (its TaskOOM
     /// is out and acknowledged by now).
