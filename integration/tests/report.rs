@@ -107,6 +107,17 @@ fn termination_message_tells_the_story(version: &str) {
         assert!(story.contains(says), "{says:?} not in {story:?}");
     }
     assert!(!story.contains('\n') && story.len() <= 4096, "{story:?}");
+    // The README shows this block as a test read it (pid and RSS vary).
+    let readme =
+        fs::read_to_string(oomguard_integration::harness::repo().join("README.md")).unwrap();
+    let (head, _) = story.split_once("(pid ").unwrap();
+    let (_, tail) = story.split_once(" resident").unwrap();
+    for part in [
+        format!("      Message:      {head}(pid "),
+        format!(" resident{tail}\n      Exit Code:    137"),
+    ] {
+        assert!(readme.contains(&part), "README's Last State lacks {part:?}");
+    }
 
     assert_eq!(c.exit_of(&own).0, 137);
     assert_eq!(
