@@ -23,6 +23,7 @@ on_every_containerd!(
     termination_message_tells_the_story,
     stderr_line_with_the_annotation,
     runsc_termination_message,
+    memory_warning_once_per_episode,
 );
 
 const MIB32: i64 = 32 << 20;
@@ -213,5 +214,56 @@ fn runsc_termination_message(version: &str) {
         "{story:?}"
     );
     c.remove_pod(&pod);
+    c.assert_clean();
+}
+
+/// The warning before the kill (cgroup v1, runc): a container whose working
+/// set climbs to ~93 % of its limit and holds is warned once; after it fell
+/// and climbed again, once more; one at 50 % and an idle one never; `off`
+/// and a malformed level (`150%`, named in the log, default kept).
+fn memory_warning_once_per_episode(version: &str) {
+    let c = Cri::start(version);
+    let fill = "dd if=/dev/zero of=/dev/shm/fill bs=1M count=59 2>/dev/null";
+    let climbs_twice = format!(
+        "{fill}; sleep 2; rm /dev/shm/fill; sleep 1; {fill}; sleep 2; rm /dev/shm/fill; echo done"
+    );
+    let half = "dd if=/dev/zero of=/dev/shm/fill bs=1M count=32 2>/dev/null; sleep 3; echo done";
+    for (level, script, warnings) in [
+        (None, climbs_twice.as_str(), 2),
+        (None, half, 0),
+        (None, "sleep 3; echo done", 0),
+        (Some("off"), climbs_twice.as_str(), 0),
+        (Some("150%"), climbs_twice.as_str(), 2),
+    ] {
+        let mut config = c.pod_config("warning");
+        config
+            .annotations
+            .insert("io.oomguard.oom-report".into(), "stderr".into());
+        if let Some(l) = level {
+            config
+                .annotations
+                .insert("io.oomguard.memory-warning".into(), l.into());
+        }
+        let pod = c.run_pod_with(config, HANDLER);
+        let id = run(&c, &pod, c.container_config("app", script, Some(MIB64)));
+        assert_eq!(
+            c.exit_of(&id),
+            (0, "Completed".to_string()),
+            "{level:?} {script}"
+        );
+        let log = c.container_log(&pod, "app");
+        let seen = log.matches(" stderr F oomguard: memory warning: ").count();
+        assert_eq!(seen, warnings, "{level:?} {script}:\n{log}");
+        if seen > 0 && level.is_none() {
+            eprintln!("crictl logs (the warning):\n{log}");
+        }
+        c.remove_pod(&pod);
+    }
+    let log = c.log();
+    assert!(
+        log.contains(r#"annotation io.oomguard.memory-warning: \"150%\""#)
+            || log.contains(r#"annotation io.oomguard.memory-warning: "150%""#),
+        "the malformed level is not named in the shim's log"
+    );
     c.assert_clean();
 }

@@ -55,6 +55,9 @@ pub struct RuntimeConfig {
     /// Write it into the container's stderr too (`oom_report = "stderr"`).
     #[serde(default)]
     pub oom_report_stderr: bool,
+    /// The memory warning's level (`memory_warning`, a share of the limit).
+    #[serde(default = "default_warning")]
+    pub memory_warning: String,
     /// Where it came from (the TOML file's path, "ConfigBody", "runc
     /// options"), for errors that name the key to change.
     #[serde(default)]
@@ -77,6 +80,7 @@ impl Default for RuntimeConfig {
             oom_group: true,
             termination_message: true,
             oom_report_stderr: false,
+            memory_warning: default_warning(),
             source: String::new(),
         }
     }
@@ -96,11 +100,16 @@ struct FileConfig {
     oom_group: Option<bool>,
     termination_message: Option<bool>,
     oom_report: Option<String>,
+    memory_warning: Option<String>,
     runsc_config: Option<BTreeMap<String, toml::Value>>,
 }
 
 fn yes() -> bool {
     true
+}
+
+fn default_warning() -> String {
+    crate::warning::level::DEFAULT.to_string()
 }
 
 impl RuntimeConfig {
@@ -183,6 +192,14 @@ impl RuntimeConfig {
         c.no_new_keyring = file.no_new_keyring.unwrap_or(false);
         c.oom_group = file.oom_group.unwrap_or(true);
         c.termination_message = file.termination_message.unwrap_or(true);
+        if let Some(v) = file.memory_warning {
+            crate::warning::level::parse(&v).map_err(|message| ConfigError::Key {
+                path: origin.to_string(),
+                key: "memory_warning".to_string(),
+                message,
+            })?;
+            c.memory_warning = v;
+        }
         if let Some(v) = &file.oom_report {
             c.oom_report_stderr =
                 crate::report::parse_oom_report(v).map_err(|message| ConfigError::Key {
@@ -216,6 +233,11 @@ impl RuntimeConfig {
             termination_message: self.termination_message,
             stderr: self.oom_report_stderr,
         }
+    }
+
+    /// The memory warning's level (checked when the config was read).
+    pub fn warning_level(&self) -> crate::warning::Level {
+        crate::warning::level::parse(&self.memory_warning).unwrap_or(crate::warning::level::DEFAULT)
     }
 
     /// Whether the runtime binary is gVisor's runsc.
@@ -400,6 +422,14 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("termination_message"), "{e}");
+        let e = RuntimeConfig::from_toml("t.toml", "memory_warning = \"150%\"\n").unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("config file t.toml: key \"memory_warning\": \"150%\""),
+            "{e}"
+        );
+        let c = RuntimeConfig::from_toml("t.toml", "memory_warning = \"off\"\n").unwrap();
+        assert_eq!(c.warning_level(), crate::warning::Level::Off);
         // A config saved by an older shim (no such keys) keeps the defaults.
         let old: RuntimeConfig = serde_json::from_str(
             r#"{"binary_name":"runc","root":null,"systemd_cgroup":false,"no_pivot_root":false,"no_new_keyring":false,"io_uid":0,"io_gid":0,"shim_cgroup":"","log_level":null,"runsc_config":{},"oom_group":true}"#,

@@ -16,6 +16,7 @@ mod rootfs;
 mod rpc;
 mod stdio;
 mod task;
+mod warning;
 
 fn main() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();

@@ -7,10 +7,10 @@ pub mod kmsg;
 pub mod memcg;
 mod notify;
 pub mod own_limit;
-mod pressure;
+pub mod pressure;
 mod recheck;
 mod sweep;
-mod threshold;
+pub mod threshold;
 mod verdict;
 mod watch;
 

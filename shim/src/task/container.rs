@@ -43,6 +43,9 @@ pub struct Container {
     pub own_memory: Arc<ContainerMemory>,
     /// Where an OOM kill's story goes besides containerd.
     pub report: Report,
+    /// The memory warning's level, and its watch once the container runs.
+    warning_level: crate::warning::Level,
+    warning: std::sync::Mutex<Option<crate::warning::MemoryWarning>>,
     rootfs_mounted: bool,
 }
 
@@ -117,6 +120,11 @@ impl Container {
         let kill_all_on_exit = kills_all_on_exit(&spec);
         let settings = report::Settings::resolve(req.id, &spec, req.config.report_settings());
         let report = Report::for_container(req.id, &spec, &settings);
+        let (warning_level, bad) =
+            crate::warning::level::for_spec(&spec, req.config.warning_level());
+        if let Some(e) = bad {
+            warn!("create id={}: {e}", req.id);
+        }
 
         let rootfs_mounted = !req.rootfs.is_empty();
         rootfs::mount(req.rootfs, &bundle.join("rootfs"))
@@ -163,6 +171,8 @@ impl Container {
             kill_all_on_exit,
             own_memory,
             report,
+            warning_level,
+            warning: std::sync::Mutex::new(None),
             rootfs_mounted,
         });
         Ok((container, exit))
@@ -221,6 +231,37 @@ impl Container {
         Ok(exit)
     }
 
+    /// Watches the running container's memory for the warning (processes
+    /// on the host only: a gVisor sandbox's memcg is the pod's).
+    async fn start_warning(&self) {
+        if !self.runtime.processes_on_host() {
+            return;
+        }
+        let Ok(memcg) = crate::oom::memcg::Memcg::of_pid(self.init.pid()) else {
+            return;
+        };
+        let stderr = self
+            .init
+            .io
+            .lock()
+            .await
+            .stderr_report
+            .as_ref()
+            .and_then(|f| f.try_clone().ok());
+        let w = crate::warning::start(&self.id, &memcg, self.warning_level, stderr);
+        if let Ok(mut slot) = self.warning.lock() {
+            *slot = w;
+        }
+    }
+
+    /// Ends the warning watch (at the init's exit: it holds a stderr
+    /// descriptor whose end the log's reader waits for).
+    pub fn stop_warning(&self) {
+        if let Ok(mut slot) = self.warning.lock() {
+            slot.take();
+        }
+    }
+
     pub async fn start(&self) -> RpcResult<i32> {
         match self.init.state() {
             State::Created => {}
@@ -246,6 +287,7 @@ impl Container {
         self.own_memory.started(started.is_ok()).await;
         started.map_err(rpc::from_runtime)?;
         self.init.set_state(State::Running);
+        self.start_warning().await;
         Ok(self.init.pid())
     }
 

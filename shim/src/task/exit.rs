@@ -55,6 +55,7 @@ pub async fn init_exited(container: Arc<Container>, exit: Exit, publisher: Publi
             p.wait().await;
         }
     }
+    container.stop_warning();
     let stderr = {
         let mut io = container.init.io.lock().await;
         io.drain().await;

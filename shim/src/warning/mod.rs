@@ -1,0 +1,163 @@
+//! The warning before the kill: when a container's working set (usage less
+//! inactive page cache, as the kubelet counts it) reaches a share of its
+//! memory limit (`memory_warning`, default 90 %), the shim says so once per
+//! episode: a log line, and with `oom_report = "stderr"` a line in the
+//! container's stderr. Event-driven: cgroup v1 usage thresholds
+//! (`cgroup.event_control`) at the level, then at the re-arm mark, plus the
+//! memcg's own `medium` memory-pressure event to look again when page cache
+//! held the usage over the level; an idle container costs nothing.
+//!
+//! Not yet here (issue 17): the typed `/oomguard/memory-pressure` event,
+//! cgroup v2 (PSI triggers, `memory.events` high) and gVisor containers.
+
+pub mod level;
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use log::{debug, info, warn};
+use tokio::task::JoinHandle;
+
+use crate::oom::memcg::{key_values, Memcg};
+use crate::oom::pressure::PressureLevel;
+use crate::oom::threshold::{self, Threshold};
+pub use level::Level;
+
+/// The container's stderr, shared with the watch so that dropping the
+/// watch closes it at once (an aborted task drops its future later).
+type Stderr = Arc<Mutex<Option<File>>>;
+
+/// A running warning watch; ends when dropped (at the init's exit).
+pub struct MemoryWarning {
+    task: JoinHandle<()>,
+    stderr: Stderr,
+}
+
+impl Drop for MemoryWarning {
+    fn drop(&mut self) {
+        if let Ok(mut s) = self.stderr.lock() {
+            s.take();
+        }
+        self.task.abort();
+    }
+}
+
+/// The memcg's working set: usage less `total_inactive_file`.
+fn working_set(memcg: &Memcg) -> std::io::Result<u64> {
+    let usage = threshold::usage(memcg)?;
+    let stat = std::fs::read_to_string(memcg.path().join("memory.stat"))?;
+    let inactive = key_values(&stat)
+        .ok()
+        .and_then(|kv| {
+            kv.iter()
+                .find(|(k, _)| *k == "total_inactive_file" || *k == "inactive_file")
+                .map(|(_, v)| *v)
+        })
+        .unwrap_or(0);
+    Ok(usage.saturating_sub(inactive))
+}
+
+fn limit_of(memcg: &Memcg) -> Option<u64> {
+    crate::oom::memcg::figures(memcg).limit
+}
+
+fn mib(b: u64) -> String {
+    format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
+}
+
+/// Starts the watch of container `id`'s memcg (v1 only; `None` where there
+/// is nothing to watch: level off, no limit, cgroup v2).
+pub fn start(id: &str, memcg: &Memcg, level: Level, stderr: Option<File>) -> Option<MemoryWarning> {
+    let Level::Share(share) = level else {
+        info!("warning id={id}: memory warning off");
+        return None;
+    };
+    let Memcg::V1(_) = memcg else {
+        debug!("warning id={id}: cgroup v2: no memory warning yet");
+        return None;
+    };
+    let Some(limit) = limit_of(memcg) else {
+        debug!("warning id={id}: no memory limit: no warning");
+        return None;
+    };
+    let id = id.to_string();
+    let memcg = memcg.clone();
+    info!(
+        "warning id={id}: working set over {} ({level} of the {} limit) warns once per episode",
+        mib((limit as f64 * share) as u64),
+        mib(limit)
+    );
+    let stderr: Stderr = Arc::new(Mutex::new(stderr));
+    let shared = stderr.clone();
+    let task = tokio::spawn(async move {
+        if let Err(e) = watch(&id, &memcg, limit, share, shared).await {
+            debug!("warning id={id}: watch ended: {e}");
+        }
+    });
+    Some(MemoryWarning { task, stderr })
+}
+
+async fn watch(
+    id: &str,
+    memcg: &Memcg,
+    limit: u64,
+    share: f64,
+    stderr: Stderr,
+) -> std::io::Result<()> {
+    let mut episode = level::Episode::new(limit, share);
+    // Reclaim at the container's own limit: the usage sits over the level
+    // with page cache, and the working set may have grown under it.
+    let pressure = PressureLevel::register(memcg.path(), "medium,local").ok();
+    let mut armed: Option<(u64, Threshold)> = None;
+    loop {
+        // A registration costs an RCU grace period: only when the mark moves
+        // or the last one fired.
+        let mark = episode.next_crossing();
+        let crossing = match armed.take() {
+            Some((at, t)) if at == mark => t,
+            _ => Threshold::arm_off_runtime(memcg, mark).await?,
+        };
+        // Read after arming: a climb between the two is not missed.
+        let ws = working_set(memcg)?;
+        if episode.observe(ws) {
+            let line = format!(
+                "oomguard: memory warning: working set {} of the {} limit ({}%), over the {}% warning level: an OOM kill follows if it keeps growing",
+                mib(ws),
+                mib(limit),
+                (ws as f64 * 100.0 / limit as f64).round(),
+                (share * 100.0).round()
+            );
+            warn!("warning id={id}: working_set={ws} limit={limit} level={share} => warned");
+            // On a blocking thread: the container's stderr is a blocking
+            // pipe its reader may be slow to drain.
+            let copy = stderr
+                .lock()
+                .ok()
+                .and_then(|s| s.as_ref().and_then(|f| f.try_clone().ok()));
+            if let Some(mut f) = copy {
+                let id = id.to_string();
+                tokio::task::spawn_blocking(move || {
+                    if let Err(e) = f.write_all(format!("{line}\n").as_bytes()) {
+                        warn!("warning id={id}: container stderr: {e}");
+                    }
+                });
+            }
+            continue;
+        }
+        debug!("warning id={id}: working_set={ws} next_crossing={mark} => waiting");
+        let fired = match &pressure {
+            Some(p) => tokio::select! {
+                r = crossing.crossed() => { r?; true }
+                r = p.next() => { r?; false }
+            },
+            None => {
+                crossing.crossed().await?;
+                true
+            }
+        };
+        if !fired {
+            armed = Some((mark, crossing));
+        }
+    }
+}
