@@ -24,6 +24,7 @@ on_every_containerd!(
     stderr_line_with_the_annotation,
     runsc_termination_message,
     memory_warning_once_per_episode,
+    runsc_memory_warning,
 );
 
 const MIB32: i64 = 32 << 20;
@@ -265,5 +266,30 @@ fn memory_warning_once_per_episode(version: &str) {
             || log.contains(r#"annotation io.oomguard.memory-warning: "150%""#),
         "the malformed level is not named in the shim's log"
     );
+    c.assert_clean();
+}
+
+/// The warning in a gVisor pod: the container's own usage, as its sandbox's
+/// watch reads it, climbs to ~93 % of its own limit twice (falling between):
+/// two warnings; one at 50 %: none.
+fn runsc_memory_warning(version: &str) {
+    ensure_runsc();
+    let c = Cri::start(version);
+    let hold = "dd if=/dev/zero bs=59M count=1 2>/dev/null | sleep 6";
+    let twice = format!("{hold}; sleep 6; {hold}; echo done");
+    let half = "dd if=/dev/zero bs=32M count=1 2>/dev/null | sleep 6; echo done";
+    for (script, warnings) in [(twice.as_str(), 2), (half, 0)] {
+        let mut config = c.pod_config("gvisor-warning");
+        config
+            .annotations
+            .insert("io.oomguard.oom-report".into(), "stderr".into());
+        let pod = c.run_pod_with(config, RUNSC_HANDLER);
+        let id = run(&c, &pod, c.container_config("app", script, Some(MIB64)));
+        assert_eq!(c.exit_of(&id), (0, "Completed".to_string()), "{script}");
+        let log = c.container_log(&pod, "app");
+        let seen = log.matches(" stderr F oomguard: memory warning: ").count();
+        assert_eq!(seen, warnings, "{script}:\n{log}");
+        c.remove_pod(&pod);
+    }
     c.assert_clean();
 }

@@ -45,7 +45,12 @@ pub struct Container {
     pub report: Report,
     /// The memory warning's level, and its watch once the container runs.
     warning_level: crate::warning::Level,
-    warning: std::sync::Mutex<Option<crate::warning::MemoryWarning>>,
+    warning: std::sync::Mutex<
+        Option<(
+            Arc<crate::warning::Sink>,
+            Option<crate::warning::MemoryWarning>,
+        )>,
+    >,
     rootfs_mounted: bool,
 }
 
@@ -231,15 +236,8 @@ impl Container {
         Ok(exit)
     }
 
-    /// Watches the running container's memory for the warning (processes
-    /// on the host only: a gVisor sandbox's memcg is the pod's).
-    async fn start_warning(&self) {
-        if !self.runtime.processes_on_host() {
-            return;
-        }
-        let Ok(memcg) = crate::oom::memcg::Memcg::of_pid(self.init.pid()) else {
-            return;
-        };
+    /// The container's warning sink (`None`: level off).
+    async fn warning_sink(&self) -> Option<Arc<crate::warning::Sink>> {
         let stderr = self
             .init
             .io
@@ -248,17 +246,34 @@ impl Container {
             .stderr_report
             .as_ref()
             .and_then(|f| f.try_clone().ok());
-        let w = crate::warning::start(&self.id, &memcg, self.warning_level, stderr);
+        crate::warning::Sink::new(&self.id, self.warning_level, stderr)
+    }
+
+    /// Watches the running container's memory for the warning: its own
+    /// memcg for processes on the host (a gVisor container's readings come
+    /// from its sandbox's watch, armed with the same sink).
+    fn start_warning(&self, sink: Option<Arc<crate::warning::Sink>>) {
+        let Some(sink) = sink else { return };
+        let watch = if self.runtime.processes_on_host() {
+            crate::oom::memcg::Memcg::of_pid(self.init.pid())
+                .ok()
+                .and_then(|memcg| crate::warning::start(sink.clone(), &memcg))
+        } else {
+            None
+        };
         if let Ok(mut slot) = self.warning.lock() {
-            *slot = w;
+            *slot = Some((sink, watch));
         }
     }
 
-    /// Ends the warning watch (at the init's exit: it holds a stderr
-    /// descriptor whose end the log's reader waits for).
+    /// Ends the warning (at the init's exit: it holds a stderr descriptor
+    /// whose end the log's reader waits for).
     pub fn stop_warning(&self) {
         if let Ok(mut slot) = self.warning.lock() {
-            slot.take();
+            if let Some((sink, watch)) = slot.take() {
+                sink.close();
+                drop(watch);
+            }
         }
     }
 
@@ -280,14 +295,15 @@ impl Container {
         }
         // A container sharing its sandbox's memcg is watched from its first
         // instruction: a burst in its first milliseconds is one too.
+        let sink = self.warning_sink().await;
         self.own_memory
-            .arm(self.runtime.clone(), self.init.pid())
+            .arm(self.runtime.clone(), self.init.pid(), sink.clone())
             .await;
         let started = self.runtime.start(&self.id).await;
         self.own_memory.started(started.is_ok()).await;
         started.map_err(rpc::from_runtime)?;
         self.init.set_state(State::Running);
-        self.start_warning().await;
+        self.start_warning(sink);
         Ok(self.init.pid())
     }
 

@@ -24,22 +24,76 @@ use crate::oom::pressure::PressureLevel;
 use crate::oom::threshold::{self, Threshold};
 pub use level::Level;
 
-/// The container's stderr, shared with the watch so that dropping the
-/// watch closes it at once (an aborted task drops its future later).
-type Stderr = Arc<Mutex<Option<File>>>;
-
-/// A running warning watch; ends when dropped (at the init's exit).
-pub struct MemoryWarning {
-    task: JoinHandle<()>,
-    stderr: Stderr,
+/// Where a container's warning goes: the shim's log, the container's
+/// stderr (with `oom_report = "stderr"`). One per container, shared by the
+/// watch that reads its memory (the v1 watch here, or its gVisor sandbox's).
+pub struct Sink {
+    id: String,
+    pub share: f64,
+    /// Taken at the init's exit, so the log's reader sees its end at once
+    /// (an aborted task drops its future later).
+    stderr: Mutex<Option<File>>,
 }
 
-impl Drop for MemoryWarning {
-    fn drop(&mut self) {
+impl Sink {
+    /// `None` when the level is off.
+    pub fn new(id: &str, level: Level, stderr: Option<File>) -> Option<Arc<Sink>> {
+        let Level::Share(share) = level else {
+            info!("warning id={id}: memory warning off");
+            return None;
+        };
+        Some(Arc::new(Sink {
+            id: id.to_string(),
+            share,
+            stderr: Mutex::new(stderr),
+        }))
+    }
+
+    /// An episode began: `working_set` of `limit`, as `seen` says.
+    pub fn warned(&self, working_set: u64, limit: u64, seen: &str) {
+        let id = &self.id;
+        warn!(
+            "warning id={id}: working_set={working_set} limit={limit} level={} seen={seen} => warned",
+            self.share
+        );
+        let line = format!(
+            "oomguard: memory warning: working set {} of the {} limit ({}%), over the {}% warning level: an OOM kill follows if it keeps growing",
+            mib(working_set),
+            mib(limit),
+            (working_set as f64 * 100.0 / limit as f64).round(),
+            (self.share * 100.0).round()
+        );
+        // On a blocking thread: the container's stderr is a blocking pipe
+        // its reader may be slow to drain.
+        let copy = self
+            .stderr
+            .lock()
+            .ok()
+            .and_then(|s| s.as_ref().and_then(|f| f.try_clone().ok()));
+        if let Some(mut f) = copy {
+            let id = id.clone();
+            tokio::task::spawn_blocking(move || {
+                if let Err(e) = f.write_all(format!("{line}\n").as_bytes()) {
+                    warn!("warning id={id}: container stderr: {e}");
+                }
+            });
+        }
+    }
+
+    /// At the init's exit: no more lines.
+    pub fn close(&self) {
         if let Ok(mut s) = self.stderr.lock() {
             s.take();
         }
-        self.task.abort();
+    }
+}
+
+/// A running v1 warning watch; ends when dropped (at the init's exit).
+pub struct MemoryWarning(JoinHandle<()>);
+
+impl Drop for MemoryWarning {
+    fn drop(&mut self) {
+        self.0.abort();
     }
 }
 
@@ -58,54 +112,39 @@ fn working_set(memcg: &Memcg) -> std::io::Result<u64> {
     Ok(usage.saturating_sub(inactive))
 }
 
-fn limit_of(memcg: &Memcg) -> Option<u64> {
-    crate::oom::memcg::figures(memcg).limit
-}
-
 fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
 }
 
-/// Starts the watch of container `id`'s memcg (v1 only; `None` where there
-/// is nothing to watch: level off, no limit, cgroup v2).
-pub fn start(id: &str, memcg: &Memcg, level: Level, stderr: Option<File>) -> Option<MemoryWarning> {
-    let Level::Share(share) = level else {
-        info!("warning id={id}: memory warning off");
-        return None;
-    };
+/// Starts the watch of a container's own memcg (v1 only; `None` where
+/// there is nothing to watch: no limit, cgroup v2).
+pub fn start(sink: Arc<Sink>, memcg: &Memcg) -> Option<MemoryWarning> {
+    let id = sink.id.clone();
     let Memcg::V1(_) = memcg else {
         debug!("warning id={id}: cgroup v2: no memory warning yet");
         return None;
     };
-    let Some(limit) = limit_of(memcg) else {
+    let Some(limit) = crate::oom::memcg::figures(memcg).limit else {
         debug!("warning id={id}: no memory limit: no warning");
         return None;
     };
-    let id = id.to_string();
     let memcg = memcg.clone();
     info!(
-        "warning id={id}: working set over {} ({level} of the {} limit) warns once per episode",
-        mib((limit as f64 * share) as u64),
+        "warning id={id}: working set over {} ({}% of the {} limit) warns once per episode",
+        mib((limit as f64 * sink.share) as u64),
+        (sink.share * 100.0).round(),
         mib(limit)
     );
-    let stderr: Stderr = Arc::new(Mutex::new(stderr));
-    let shared = stderr.clone();
-    let task = tokio::spawn(async move {
-        if let Err(e) = watch(&id, &memcg, limit, share, shared).await {
+    Some(MemoryWarning(tokio::spawn(async move {
+        if let Err(e) = watch(&sink, &memcg, limit).await {
             debug!("warning id={id}: watch ended: {e}");
         }
-    });
-    Some(MemoryWarning { task, stderr })
+    })))
 }
 
-async fn watch(
-    id: &str,
-    memcg: &Memcg,
-    limit: u64,
-    share: f64,
-    stderr: Stderr,
-) -> std::io::Result<()> {
-    let mut episode = level::Episode::new(limit, share);
+async fn watch(sink: &Sink, memcg: &Memcg, limit: u64) -> std::io::Result<()> {
+    let id = &sink.id;
+    let mut episode = level::Episode::new(limit, sink.share);
     // Reclaim at the container's own limit: the usage sits over the level
     // with page cache, and the working set may have grown under it.
     let pressure = PressureLevel::register(memcg.path(), "medium,local").ok();
@@ -121,28 +160,7 @@ async fn watch(
         // Read after arming: a climb between the two is not missed.
         let ws = working_set(memcg)?;
         if episode.observe(ws) {
-            let line = format!(
-                "oomguard: memory warning: working set {} of the {} limit ({}%), over the {}% warning level: an OOM kill follows if it keeps growing",
-                mib(ws),
-                mib(limit),
-                (ws as f64 * 100.0 / limit as f64).round(),
-                (share * 100.0).round()
-            );
-            warn!("warning id={id}: working_set={ws} limit={limit} level={share} => warned");
-            // On a blocking thread: the container's stderr is a blocking
-            // pipe its reader may be slow to drain.
-            let copy = stderr
-                .lock()
-                .ok()
-                .and_then(|s| s.as_ref().and_then(|f| f.try_clone().ok()));
-            if let Some(mut f) = copy {
-                let id = id.to_string();
-                tokio::task::spawn_blocking(move || {
-                    if let Err(e) = f.write_all(format!("{line}\n").as_bytes()) {
-                        warn!("warning id={id}: container stderr: {e}");
-                    }
-                });
-            }
+            sink.warned(ws, limit, "memcg usage threshold");
             continue;
         }
         debug!("warning id={id}: working_set={ws} next_crossing={mark} => waiting");

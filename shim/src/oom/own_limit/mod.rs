@@ -80,7 +80,12 @@ impl ContainerMemory {
     /// and, with a limit, has its sandbox's watch count it before its first
     /// instruction runs. `pid` is the init's (for a gVisor container, the
     /// sandbox's) whose host memcg holds the usage.
-    pub async fn arm(&self, runtime: Arc<dyn OciRuntime>, pid: i32) {
+    pub async fn arm(
+        &self,
+        runtime: Arc<dyn OciRuntime>,
+        pid: i32,
+        warning: Option<Arc<crate::warning::Sink>>,
+    ) {
         let shared = match runtime.own_memory(&self.id).await {
             OwnMemory::HostMemcg => return,
             OwnMemory::Unavailable(why) => {
@@ -98,7 +103,7 @@ impl ContainerMemory {
             );
             return;
         };
-        let member = Member::new(&self.id, limit, runtime, self.slot.clone());
+        let member = Member::new(&self.id, limit, runtime, self.slot.clone(), warning);
         match SandboxLimits::join(shared, pid, self.publisher.clone(), member).await {
             Ok(watch) => {
                 info!(

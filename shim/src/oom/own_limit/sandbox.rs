@@ -37,6 +37,8 @@ use super::Exceeded;
 use crate::events::{Event, Publisher};
 use crate::oom::memcg::Memcg;
 use crate::oom::threshold::{self, Threshold};
+use crate::warning::level::Episode;
+use crate::warning::Sink;
 
 /// The longest the levels are trusted without a reading: memory a container
 /// freed is handed to another before the sentry returns it to the host
@@ -95,10 +97,18 @@ pub struct Member {
     started: bool,
     /// Bytes at the last reading (0 before its cgroup exists).
     usage: u64,
+    /// The memory warning: each reading feeds its episode.
+    warning: Option<(Episode, Arc<Sink>)>,
 }
 
 impl Member {
-    pub fn new(id: &str, limit: u64, runtime: Arc<dyn OciRuntime>, slot: Slot) -> Member {
+    pub fn new(
+        id: &str,
+        limit: u64,
+        runtime: Arc<dyn OciRuntime>,
+        slot: Slot,
+        warning: Option<Arc<Sink>>,
+    ) -> Member {
         Member {
             id: id.to_string(),
             limit,
@@ -106,6 +116,7 @@ impl Member {
             slot,
             started: false,
             usage: 0,
+            warning: warning.map(|s| (Episode::new(limit, s.share), s)),
         }
     }
 }
@@ -577,6 +588,7 @@ impl SandboxLimits {
         woke: Instant,
     ) -> Vec<(Arc<dyn OciRuntime>, String, Result<(), String>)> {
         let mut over = Vec::new();
+        let mut warned = Vec::new();
         {
             let mut members = self.members();
             let mut unenforceable = Vec::new();
@@ -587,6 +599,11 @@ impl SandboxLimits {
                 match usage {
                     Ok(u) => {
                         m.usage = *u;
+                        if let Some((episode, sink)) = m.warning.as_mut() {
+                            if episode.observe(*u) {
+                                warned.push((sink.clone(), *u, m.limit));
+                            }
+                        }
                         if *u > m.limit {
                             over.push((
                                 m.id.clone(),
@@ -609,6 +626,9 @@ impl SandboxLimits {
                 }
             }
             members.list.retain(|m| !unenforceable.contains(&m.id));
+        }
+        for (sink, usage, limit) in warned {
+            sink.warned(usage, limit, "gVisor sandbox reading");
         }
         let mut kills = Vec::new();
         for (id, usage, limit, slot, runtime) in over {
