@@ -98,8 +98,9 @@
 #   BENCH_V2             1 (default): the cgroup v2 rows from the qemu lane (adds ~5 min)
 #   BENCH_BURST_RUNS     runs per burst size and pod shape (default 10)
 #   BENCH_BURST_SIZES    MiB the bursting containers allocate (default 68,72,80,96,120,300)
+#   BENCH_HIGH_CONTAINERS H, containers at 95 % of their limit (default 30)
 #   BENCH_PHASES         which phases run (default: all): a comma-separated
-#                        subset of latency,idle,oom,storm,v2,gvisor,burst,
+#                        subset of latency,idle,high,oom,storm,v2,gvisor,burst,
 #                        gvisor-cri (burst and gvisor-cri run within gvisor)
 #   OOMGUARD_BENCH_BIN   the oomguard-bench binary (default: built with the shim)
 set -euo pipefail
@@ -127,7 +128,8 @@ R=${BENCH_RUNAWAY_RUNS:-3}
 O=${BENCH_OOM_RUNS:-20}
 F=${BENCH_FLOOD_RATE:-2000}
 S=${BENCH_STORM:-200}
-PHASES=,${BENCH_PHASES:-latency,idle,oom,storm,v2,gvisor,burst,gvisor-cri},
+H=${BENCH_HIGH_CONTAINERS:-30}
+PHASES=,${BENCH_PHASES:-latency,idle,high,oom,storm,v2,gvisor,burst,gvisor-cri},
 BURST_RUNS=${BENCH_BURST_RUNS:-10}
 BURST_SIZES=${BENCH_BURST_SIZES:-68,72,80,96,120,300}
 WARMUP=3
@@ -437,6 +439,44 @@ phase_idle() {
 	note "removing the $N containers"
 	for ((i = 0; i < N; i++)); do
 		remove_container "$PREFIX-$k-idle$i"
+	done
+}
+
+# H containers of KIND, each holding ~95 % of its 64 MiB limit in tmpfs
+# (memory it cannot reclaim): the shims' CPU over T s after they settled
+# (oomguard warned each once). Results: $WORK/high.KIND.
+phase_high() {
+	local k=$1 i id
+	local -a pids
+	note "high: $H containers under ${RUNTIME[$k]} at 95% of 64 MiB, ${T}s"
+	for ((i = 0; i < H; i++)); do
+		id="$PREFIX-$k-high$i"
+		ctr_ run -d --runtime "${RUNTIME[$k]}" --memory-limit "$MIB64" --rootfs "$ROOTFS" "$id" \
+			/bin/sh -c 'dd if=/dev/zero of=/dev/shm/hold bs=1M count=61 2>/dev/null; exec sleep 1000' >/dev/null ||
+			die "ctr run $id failed"
+	done
+	sleep 3
+	mapfile -t pids < <(shim_pids "$k")
+	((${#pids[@]} == H)) || warn "$k: found ${#pids[@]} shim processes for $H containers"
+	((${#pids[@]})) || die "$k: no shim processes found"
+	local c0 c1 usage
+	usage=$(cat "/sys/fs/cgroup/memory/$NS/$PREFIX-$k-high0/memory.usage_in_bytes" 2>/dev/null || echo "")
+	c0=$(cpu_snapshot "${pids[@]}")
+	sleep "$T" &
+	wait $!
+	c1=$(cpu_snapshot "${pids[@]}")
+	{
+		printf 'shims %s
+usage0 %s
+' "${#pids[@]}" "$usage"
+		read -r t0 n0 s0 _ <<<"$c0"
+		read -r t1 n1 s1 _ <<<"$c1"
+		awk -v dt=$((t1 - t0)) -v dn=$((n1 - n0)) -v ds=$((s1 - s0)) -v hz="$CLK_TCK" -v T="$T" 'BEGIN {
+			printf "cpu_ms_stat %.2f\ncpu_ms_sched %.3f\ncswitch_per_s %.2f\n", dt * 1000 / hz, dn / 1e6, ds / T
+		}'
+	} >"$WORK/high.$k"
+	for ((i = 0; i < H; i++)); do
+		remove_container "$PREFIX-$k-high$i"
 	done
 }
 
@@ -847,6 +887,12 @@ report() {
 				"$(val stock flood_written)" "$(val stock flood_kmsg_lines)" "$(val oomguard flood_written)" "$(val oomguard flood_kmsg_lines)"
 		fi
 	fi
+	if [[ -s $WORK/high.stock ]]; then
+		hv() { awk -v k="$2" '$1 == k { print $2 }' "$WORK/high.$1"; }
+		row "CPU, all $H shims, containers at 95% of their limit, ${T}s, ms (utime+stime)" "$(hv stock cpu_ms_stat)" "$(hv oomguard cpu_ms_stat)"
+		row "CPU, all $H shims, containers at 95% of their limit, ${T}s, ms (schedstat)" "$(hv stock cpu_ms_sched)" "$(hv oomguard cpu_ms_sched)"
+		row "context switches/s, all $H shims at 95%" "$(hv stock cswitch_per_s)" "$(hv oomguard cswitch_per_s)"
+	fi
 	oom_rows
 	storm_rows
 	s=$(stat -L -c %s "$STOCK_BIN")
@@ -959,6 +1005,11 @@ for VER in "${VERS[@]}"; do
 	if phase idle; then
 		for k in "${KINDS[@]}"; do
 			phase_idle "$k"
+		done
+	fi
+	if phase high; then
+		for k in "${KINDS[@]}"; do
+			phase_high "$k"
 		done
 	fi
 	phase storm && phase_storm

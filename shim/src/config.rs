@@ -58,6 +58,9 @@ pub struct RuntimeConfig {
     /// The memory warning's level (`memory_warning`, a share of the limit).
     #[serde(default = "default_warning")]
     pub memory_warning: String,
+    /// cgroup v2: the PSI stall share that warns (`memory_warning_stall`).
+    #[serde(default = "default_stall")]
+    pub memory_warning_stall: String,
     /// Where it came from (the TOML file's path, "ConfigBody", "runc
     /// options"), for errors that name the key to change.
     #[serde(default)]
@@ -81,6 +84,7 @@ impl Default for RuntimeConfig {
             termination_message: true,
             oom_report_stderr: false,
             memory_warning: default_warning(),
+            memory_warning_stall: default_stall(),
             source: String::new(),
         }
     }
@@ -101,6 +105,7 @@ struct FileConfig {
     termination_message: Option<bool>,
     oom_report: Option<String>,
     memory_warning: Option<String>,
+    memory_warning_stall: Option<String>,
     runsc_config: Option<BTreeMap<String, toml::Value>>,
 }
 
@@ -110,6 +115,10 @@ fn yes() -> bool {
 
 fn default_warning() -> String {
     crate::warning::level::DEFAULT.to_string()
+}
+
+fn default_stall() -> String {
+    crate::warning::level::DEFAULT_STALL.to_string()
 }
 
 impl RuntimeConfig {
@@ -192,13 +201,22 @@ impl RuntimeConfig {
         c.no_new_keyring = file.no_new_keyring.unwrap_or(false);
         c.oom_group = file.oom_group.unwrap_or(true);
         c.termination_message = file.termination_message.unwrap_or(true);
-        if let Some(v) = file.memory_warning {
-            crate::warning::level::parse(&v).map_err(|message| ConfigError::Key {
-                path: origin.to_string(),
-                key: "memory_warning".to_string(),
-                message,
-            })?;
-            c.memory_warning = v;
+        for (key, value, slot) in [
+            ("memory_warning", file.memory_warning, &mut c.memory_warning),
+            (
+                "memory_warning_stall",
+                file.memory_warning_stall,
+                &mut c.memory_warning_stall,
+            ),
+        ] {
+            if let Some(v) = value {
+                crate::warning::level::parse(&v).map_err(|message| ConfigError::Key {
+                    path: origin.to_string(),
+                    key: key.to_string(),
+                    message,
+                })?;
+                *slot = v;
+            }
         }
         if let Some(v) = &file.oom_report {
             c.oom_report_stderr =
@@ -238,6 +256,12 @@ impl RuntimeConfig {
     /// The memory warning's level (checked when the config was read).
     pub fn warning_level(&self) -> crate::warning::Level {
         crate::warning::level::parse(&self.memory_warning).unwrap_or(crate::warning::level::DEFAULT)
+    }
+
+    /// The v2 stall level (checked when the config was read).
+    pub fn warning_stall(&self) -> crate::warning::Level {
+        crate::warning::level::parse(&self.memory_warning_stall)
+            .unwrap_or(crate::warning::level::DEFAULT_STALL)
     }
 
     /// Whether the runtime binary is gVisor's runsc.

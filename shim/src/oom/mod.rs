@@ -5,7 +5,7 @@
 mod event_control;
 pub mod kmsg;
 pub mod memcg;
-mod notify;
+pub mod notify;
 pub mod own_limit;
 pub mod pressure;
 mod recheck;

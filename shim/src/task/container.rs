@@ -45,6 +45,7 @@ pub struct Container {
     pub report: Report,
     /// The memory warning's level, and its watch once the container runs.
     warning_level: crate::warning::Level,
+    warning_stall: crate::warning::Level,
     warning: std::sync::Mutex<
         Option<(
             Arc<crate::warning::Sink>,
@@ -127,7 +128,12 @@ impl Container {
         let report = Report::for_container(req.id, &spec, &settings);
         let (warning_level, bad) =
             crate::warning::level::for_spec(&spec, req.config.warning_level());
-        if let Some(e) = bad {
+        let (warning_stall, bad_stall) = crate::warning::level::for_spec_key(
+            &spec,
+            crate::warning::level::STALL_ANNOTATION,
+            req.config.warning_stall(),
+        );
+        for e in [bad, bad_stall].into_iter().flatten() {
             warn!("create id={}: {e}", req.id);
         }
 
@@ -177,6 +183,7 @@ impl Container {
             own_memory,
             report,
             warning_level,
+            warning_stall,
             warning: std::sync::Mutex::new(None),
             rootfs_mounted,
         });
@@ -246,7 +253,7 @@ impl Container {
             .stderr_report
             .as_ref()
             .and_then(|f| f.try_clone().ok());
-        crate::warning::Sink::new(&self.id, self.warning_level, stderr)
+        crate::warning::Sink::new(&self.id, self.warning_level, self.warning_stall, stderr)
     }
 
     /// Watches the running container's memory for the warning: its own

@@ -6,6 +6,10 @@
 pub const ANNOTATION: &str = "io.oomguard.memory-warning";
 /// The level when nothing says otherwise.
 pub const DEFAULT: Level = Level::Share(0.90);
+/// cgroup v2: the share of each 2 s window some task may stall on memory
+/// (PSI) before it warns (`memory_warning_stall`).
+pub const STALL_ANNOTATION: &str = "io.oomguard.memory-warning-stall";
+pub const DEFAULT_STALL: Level = Level::Share(0.10);
 /// How far below the level the working set must fall before the next climb
 /// is a new episode (a share of the limit).
 pub const HYSTERESIS: f64 = 0.10;
@@ -49,7 +53,12 @@ pub fn parse(value: &str) -> Result<Level, String> {
 /// The level for a container: the annotation over the config's; a
 /// malformed annotation comes back as an error beside the config's level.
 pub fn for_spec(spec: &serde_json::Value, config: Level) -> (Level, Option<String>) {
-    let Some(v) = spec.pointer("/annotations").and_then(|a| a.get(ANNOTATION)) else {
+    for_spec_key(spec, ANNOTATION, config)
+}
+
+/// The same for the annotation `key`.
+pub fn for_spec_key(spec: &serde_json::Value, key: &str, config: Level) -> (Level, Option<String>) {
+    let Some(v) = spec.pointer("/annotations").and_then(|a| a.get(key)) else {
         return (config, None);
     };
     match v
@@ -60,7 +69,7 @@ pub fn for_spec(spec: &serde_json::Value, config: Level) -> (Level, Option<Strin
         Ok(l) => (l, None),
         Err(e) => (
             config,
-            Some(format!("annotation {ANNOTATION}: {e}; using {config}")),
+            Some(format!("annotation {key}: {e}; using {config}")),
         ),
     }
 }

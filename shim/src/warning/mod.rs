@@ -7,10 +7,15 @@
 //! memcg's own `medium` memory-pressure event to look again when page cache
 //! held the usage over the level; an idle container costs nothing.
 //!
-//! Not yet here (issue 17): the typed `/oomguard/memory-pressure` event,
-//! cgroup v2 (PSI triggers, `memory.events` high) and gVisor containers.
+//! cgroup v2 has no usage threshold: there the warning is memory pressure,
+//! a PSI trigger on the memcg's `memory.pressure` (`memory_warning_stall`,
+//! default 10 % of each 2 s window stalled) and `memory.events`' `high`
+//! counter; an episode ends after [`QUIET`] without either. gVisor
+//! containers: each reading of their sandbox's watch feeds the episode
+//! (`oom::own_limit`).
 
 pub mod level;
+mod psi;
 
 use std::fs::File;
 use std::io::Write;
@@ -30,6 +35,8 @@ pub use level::Level;
 pub struct Sink {
     id: String,
     pub share: f64,
+    /// v2: the PSI stall share that warns (`None`: off).
+    pub stall: Option<f64>,
     /// Taken at the init's exit, so the log's reader sees its end at once
     /// (an aborted task drops its future later).
     stderr: Mutex<Option<File>>,
@@ -37,7 +44,7 @@ pub struct Sink {
 
 impl Sink {
     /// `None` when the level is off.
-    pub fn new(id: &str, level: Level, stderr: Option<File>) -> Option<Arc<Sink>> {
+    pub fn new(id: &str, level: Level, stall: Level, stderr: Option<File>) -> Option<Arc<Sink>> {
         let Level::Share(share) = level else {
             info!("warning id={id}: memory warning off");
             return None;
@@ -45,17 +52,16 @@ impl Sink {
         Some(Arc::new(Sink {
             id: id.to_string(),
             share,
+            stall: match stall {
+                Level::Share(s) => Some(s),
+                Level::Off => None,
+            },
             stderr: Mutex::new(stderr),
         }))
     }
 
     /// An episode began: `working_set` of `limit`, as `seen` says.
     pub fn warned(&self, working_set: u64, limit: u64, seen: &str) {
-        let id = &self.id;
-        warn!(
-            "warning id={id}: working_set={working_set} limit={limit} level={} seen={seen} => warned",
-            self.share
-        );
         let line = format!(
             "oomguard: memory warning: working set {} of the {} limit ({}%), over the {}% warning level: an OOM kill follows if it keeps growing",
             mib(working_set),
@@ -63,6 +69,40 @@ impl Sink {
             (working_set as f64 * 100.0 / limit as f64).round(),
             (self.share * 100.0).round()
         );
+        self.say(
+            &line,
+            &format!(
+                "working_set={working_set} limit={limit} level={} seen={seen}",
+                self.share
+            ),
+        );
+    }
+
+    /// v2: an episode of memory pressure began (`why`: PSI or memory.high).
+    pub fn pressured(&self, working_set: Option<u64>, limit: Option<u64>, why: &str) {
+        let at = match (working_set, limit) {
+            (Some(w), Some(l)) => format!(
+                " at working set {} of the {} limit ({}%)",
+                mib(w),
+                mib(l),
+                (w as f64 * 100.0 / l as f64).round()
+            ),
+            (Some(w), None) => format!(" at working set {}", mib(w)),
+            _ => String::new(),
+        };
+        let line = format!(
+            "oomguard: memory warning: {why}{at}: reclaim is slowing it down, an OOM kill follows if it keeps growing"
+        );
+        self.say(
+            &line,
+            &format!("working_set={working_set:?} limit={limit:?} seen={why:?}"),
+        );
+    }
+
+    fn say(&self, line: &str, fields: &str) {
+        let id = &self.id;
+        warn!("warning id={id}: {fields} => warned");
+        let line = line.to_string();
         // On a blocking thread: the container's stderr is a blocking pipe
         // its reader may be slow to drain.
         let copy = self
@@ -116,14 +156,36 @@ fn mib(b: u64) -> String {
     format!("{:.1} MiB", b as f64 / (1024.0 * 1024.0))
 }
 
-/// Starts the watch of a container's own memcg (v1 only; `None` where
-/// there is nothing to watch: no limit, cgroup v2).
+/// An episode of pressure (v2) ends after this long without a trigger.
+pub const QUIET: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Starts the watch of a container's own memcg (`None` where there is
+/// nothing to watch: v1 without a limit, v2 with the stall level off).
 pub fn start(sink: Arc<Sink>, memcg: &Memcg) -> Option<MemoryWarning> {
     let id = sink.id.clone();
-    let Memcg::V1(_) = memcg else {
-        debug!("warning id={id}: cgroup v2: no memory warning yet");
-        return None;
-    };
+    if let Memcg::V2(dir) = memcg {
+        let Some(stall) = sink.stall else {
+            debug!("warning id={id}: cgroup v2, stall level off: no warning");
+            return None;
+        };
+        let psi = match psi::PsiTrigger::register(&dir.join("memory.pressure"), stall) {
+            Ok(t) => t,
+            Err(e) => {
+                warn!("warning id={id}: no PSI trigger ({e}): no memory warning");
+                return None;
+            }
+        };
+        info!(
+            "warning id={id}: cgroup v2: PSI trigger {:?} and memory.events high warn once per episode",
+            psi::trigger(stall)
+        );
+        let memcg = memcg.clone();
+        return Some(MemoryWarning(tokio::spawn(async move {
+            if let Err(e) = watch_v2(&sink, &memcg, psi).await {
+                debug!("warning id={id}: watch ended: {e}");
+            }
+        })));
+    }
     let Some(limit) = crate::oom::memcg::figures(memcg).limit else {
         debug!("warning id={id}: no memory limit: no warning");
         return None;
@@ -177,5 +239,56 @@ async fn watch(sink: &Sink, memcg: &Memcg, limit: u64) -> std::io::Result<()> {
         if !fired {
             armed = Some((mark, crossing));
         }
+    }
+}
+
+fn high_count(memcg: &Memcg) -> Option<u64> {
+    let text = std::fs::read_to_string(memcg.path().join("memory.events")).ok()?;
+    crate::oom::memcg::parse_memory_events(&text)
+        .ok()
+        .map(|e| e.high)
+}
+
+async fn watch_v2(sink: &Sink, memcg: &Memcg, psi: psi::PsiTrigger) -> std::io::Result<()> {
+    let events = crate::oom::notify::Notifier::new(memcg)?;
+    let mut high = high_count(memcg);
+    let mut episode_until: Option<tokio::time::Instant> = None;
+    loop {
+        let quiet = async {
+            match episode_until {
+                Some(t) => tokio::time::sleep_until(t).await,
+                None => std::future::pending().await,
+            }
+        };
+        let why = tokio::select! {
+            r = psi.next() => {
+                r?;
+                format!(
+                    "memory pressure stalled its tasks for over {}% of {} s",
+                    (sink.stall.unwrap_or(0.0) * 100.0).round(),
+                    psi::WINDOW_US / 1_000_000
+                )
+            }
+            r = events.next() => {
+                r?;
+                let now = high_count(memcg);
+                if now <= high {
+                    continue;
+                }
+                high = now;
+                "it reached memory.high (the kernel throttles it there)".to_string()
+            }
+            _ = quiet => {
+                debug!("warning id={}: no pressure for {QUIET:?} => episode over", sink.id);
+                episode_until = None;
+                continue;
+            }
+        };
+        if episode_until.is_none() {
+            let figures = crate::oom::memcg::figures(memcg);
+            let ws = working_set(memcg).ok();
+            sink.pressured(ws, figures.limit, &why);
+        }
+        episode_until = Some(tokio::time::Instant::now() + QUIET);
     }
 }
