@@ -32,7 +32,7 @@
 set -u
 . /payload/env
 : "${VERSION:=1.7}" "${REPEAT:=3}" "${REPEAT_PAR:=1}" "${RUNTIMES:=runc oomguard}"
-: "${SCENARIOS:=init-oom child-oom-group-on child-oom-group-off kgroup-on kgroup-off parent-limit clean-exit kill-9 exec-sigterm twenty rm-gone global-oom repeat}"
+: "${SCENARIOS:=init-oom child-oom-group-on child-oom-group-off kgroup-on kgroup-off parent-limit clean-exit kill-9 exec-sigterm twenty rm-gone global-oom repeat warning-high warning-calm}"
 : "${CGROUP:=v2}" "${BENCH:=0}" "${GLOBAL_REPEAT:=1}"
 # Where a cgroup path's memcg is.
 CGROOT=/sys/fs/cgroup
@@ -81,7 +81,7 @@ runtimes_for() {
 	case $1 in
 	# The oomguard TOML file means nothing to the stock shim. The stock shim
 	# would sleep out the global OOM container (nothing ends it early).
-	child-oom-group-off | global-oom) echo "$RUNTIMES" | tr ' ' '\n' | grep -x oomguard ;;
+	child-oom-group-off | global-oom | warning-*) echo "$RUNTIMES" | tr ' ' '\n' | grep -x oomguard ;;
 	*) echo "$RUNTIMES" ;;
 	esac
 }
@@ -267,6 +267,29 @@ sc_parent_limit() {
 	mkdir -p $_p
 	echo $LIMIT >$_p/memory.max || err "cannot set $_p/memory.max"
 	run_one parent-limit $1 plim-$1 /plim-$1 "$DD"
+}
+
+# The memory warning on v2 (oom_report = "stderr" puts it in ctr's output):
+# a parent's memory.high of 24 MiB throttles a 40 MiB allocation (the kernel
+# counts the throttling as memory stall: the PSI trigger fires), once per
+# episode; a calm container is never warned.
+# Prints: OOMGUARD-WARNINGS <scenario> <runtime> <lines>
+warnings_of() {
+	echo "OOMGUARD-WARNINGS $1 $2 $(grep -c 'oomguard: memory warning: ' $W/$3.out)"
+}
+sc_warning_high() {
+	printf 'oom_report = "stderr"\n' >$W/report.toml
+	mkdir -p /sys/fs/cgroup/whigh-$1
+	echo 25165824 >/sys/fs/cgroup/whigh-$1/memory.high || err "cannot set memory.high"
+	run_one warning-high $1 whigh-$1 /whigh-$1 "dd if=/dev/zero of=/dev/null bs=40M count=1; echo done" \
+		--memory-limit 67108864 --runtime-config-path $W/report.toml
+	warnings_of warning-high $1 whigh-$1
+}
+sc_warning_calm() {
+	printf 'oom_report = "stderr"\n' >$W/report-calm.toml
+	run_one warning-calm $1 wcalm-$1 /og/wcalm-$1 "dd if=/dev/zero of=/dev/null bs=8M count=1; sleep 3; echo done" \
+		--memory-limit 67108864 --runtime-config-path $W/report-calm.toml
+	warnings_of warning-calm $1 wcalm-$1
 }
 
 sc_clean_exit() {

@@ -89,6 +89,7 @@ on_each_containerd!(
     twenty_ooming_at_once,
     rm_with_the_cgroup_gone,
     repeated_init_oom,
+    memory_warning_on_v2,
 );
 
 const OOMGUARD: &str = "oomguard";
@@ -495,6 +496,8 @@ fn lane_completed(version: &str) {
     .collect::<Vec<_>>();
     want.push(("child-oom-group-off", OOMGUARD, 1));
     want.push(("global-oom", OOMGUARD, 1));
+    want.push(("warning-high", OOMGUARD, 1));
+    want.push(("warning-calm", OOMGUARD, 1));
     for (s, rt, n) in &want {
         let got = l.of(s, rt).len();
         if got != *n {
@@ -523,6 +526,29 @@ fn lane_completed(version: &str) {
         }
     }
     eprintln!("{table}");
+}
+
+/// The memory warning on cgroup v2: a container throttled at its parent's
+/// memory.high (memory stall, the PSI trigger) is warned exactly once, and
+/// exits 0; a calm one never.
+fn memory_warning_on_v2(version: &str) {
+    let l = lane(version);
+    let warnings = |s: &str| -> Option<usize> {
+        l.console
+            .lines()
+            .find_map(|line| line.strip_prefix(&format!("OOMGUARD-WARNINGS {s} {OOMGUARD} ")))
+            .and_then(|n| n.trim().parse().ok())
+    };
+    let high = l.one("warning-high", OOMGUARD);
+    assert_eq!(high.exit, 0, "{}", high.line);
+    assert_eq!(
+        warnings("warning-high"),
+        Some(1),
+        "containerd {version} (console: {})",
+        l.console_path.display()
+    );
+    assert_eq!(l.one("warning-calm", OOMGUARD).exit, 0);
+    assert_eq!(warnings("warning-calm"), Some(0));
 }
 
 /// The scenarios really OOM, whatever a shim says: under the stock shim (so
