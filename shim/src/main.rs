@@ -11,6 +11,7 @@ mod lifecycle;
 mod logger;
 mod metrics;
 mod oom;
+mod proto;
 mod rootfs;
 mod rpc;
 mod stdio;

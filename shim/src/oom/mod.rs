@@ -3,12 +3,14 @@
 //! when a process exits.
 
 mod event_control;
+mod figures;
 pub mod kmsg;
 pub mod memcg;
 mod notify;
 pub mod own_limit;
 mod pressure;
 mod recheck;
+mod report;
 mod sweep;
 mod threshold;
 mod verdict;

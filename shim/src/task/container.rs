@@ -64,6 +64,18 @@ pub fn kills_all_on_exit(spec: &serde_json::Value) -> bool {
     })
 }
 
+/// The pod sandbox a container belongs to, for its OOM reports: the CRI
+/// annotation, else, under gVisor, its own sandbox (runsc names a sandbox
+/// after the container that made it).
+pub fn sandbox_of(spec: &serde_json::Value, id: &str, runtime: &dyn OciRuntime) -> Option<String> {
+    spec.pointer("/annotations")
+        .and_then(|a| a.get(oomguard_runtimes::spec::SANDBOX_ID))
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .or_else(|| (!runtime.processes_on_host()).then(|| id.to_string()))
+}
+
 /// Builds the runtime driver a configuration names.
 pub fn runtime_for(config: &RuntimeConfig, bundle: &Path, namespace: &str) -> Arc<dyn OciRuntime> {
     let binary = PathBuf::from(&config.binary_name);
@@ -138,14 +150,17 @@ impl Container {
                 return Err(e);
             }
         };
+        let sandbox = sandbox_of(&spec, req.id, runtime.as_ref());
         let oom = OomWatch::start(
             req.id,
+            sandbox.clone(),
             init.pid(),
             oom_group,
             req.publisher.clone(),
             runtime.clone(),
         );
-        let own_memory = ContainerMemory::new(req.id, limit_of(&spec), req.publisher.clone());
+        let own_memory =
+            ContainerMemory::new(req.id, sandbox, limit_of(&spec), req.publisher.clone());
         let container = Arc::new(Container {
             id: req.id.to_string(),
             namespace: req.namespace.to_string(),

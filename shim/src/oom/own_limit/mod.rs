@@ -57,6 +57,8 @@ pub struct Exceeded {
 /// in its sandbox's watch.
 pub struct ContainerMemory {
     id: String,
+    /// Its pod's sandbox, for the OOM report of a kill.
+    sandbox_id: Option<String>,
     limit: Option<u64>,
     publisher: Publisher,
     shared: Mutex<Option<Arc<dyn SharedSandbox>>>,
@@ -65,9 +67,15 @@ pub struct ContainerMemory {
 }
 
 impl ContainerMemory {
-    pub fn new(id: &str, limit: Option<u64>, publisher: Publisher) -> Arc<Self> {
+    pub fn new(
+        id: &str,
+        sandbox_id: Option<String>,
+        limit: Option<u64>,
+        publisher: Publisher,
+    ) -> Arc<Self> {
         Arc::new(ContainerMemory {
             id: id.to_string(),
+            sandbox_id,
             limit,
             publisher,
             shared: Mutex::new(None),
@@ -98,7 +106,13 @@ impl ContainerMemory {
             );
             return;
         };
-        let member = Member::new(&self.id, limit, runtime, self.slot.clone());
+        let member = Member::new(
+            &self.id,
+            self.sandbox_id.clone(),
+            limit,
+            runtime,
+            self.slot.clone(),
+        );
         match SandboxLimits::join(shared, pid, self.publisher.clone(), member).await {
             Ok(watch) => {
                 info!(
