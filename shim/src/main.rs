@@ -3,6 +3,7 @@
 
 mod config;
 mod events;
+mod events_cli;
 #[cfg(test)]
 mod fuzz_tests;
 mod inflight;
@@ -21,6 +22,9 @@ fn main() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // The operator's commands, before containerd's flag parsing sees them.
     if let Some(code) = install::dispatch(&args) {
+        std::process::exit(code);
+    }
+    if let Some(code) = events_cli::dispatch(&args) {
         std::process::exit(code);
     }
     let flags = match containerd_shim::parse(&args[1..]) {

@@ -32,3 +32,12 @@ pub fn fold(into: &mut OOMKill, later: OOMKill) {
         ..later
     };
 }
+
+/// The proto enum name of a source ("SOURCE_MEMCG_EVENT"), as protojson
+/// writes it.
+pub fn source_name(source: protobuf::EnumOrUnknown<Source>) -> String {
+    match source.enum_value() {
+        Ok(s) => format!("{s:?}"),
+        Err(n) => n.to_string(),
+    }
+}
