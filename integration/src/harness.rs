@@ -831,4 +831,17 @@ mod tests {
         .unwrap();
         assert_eq!(e.container(), "d1");
     }
+
+    #[test]
+    fn parses_oomguard_json_lines() {
+        let e = parse_json_event(r#"{"timestamp":"2026-12-05T13:11:13.217016995Z","namespace":"ns1","topic":"/oomguard/oom","type":"oomguard.events.v1.OOMKill","event":{"container_id":"web","victim_pid":8101}}"#).unwrap();
+        assert_eq!(
+            (e.namespace.as_str(), e.topic.as_str(), e.container()),
+            ("ns1", "/oomguard/oom", "web")
+        );
+        assert_eq!(e.body["victim_pid"], 8101);
+        let e = parse_json_event(r#"{"timestamp":"-","namespace":"ns1","topic":"/oomguard/test-probe","type":"x","event":null,"error":"type not known (0 bytes)"}"#).unwrap();
+        assert_eq!(e.container(), "");
+        assert!(parse_json_event("not json").is_none());
+    }
 }

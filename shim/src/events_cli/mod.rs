@@ -7,8 +7,8 @@
 //! Only this command starts the gRPC client; the serving shim never does.
 
 mod args;
-mod decode;
-mod format;
+pub(crate) mod decode;
+pub(crate) mod format;
 
 use std::ffi::OsString;
 use std::io::Write;

@@ -3,7 +3,7 @@
 //! when a process exits.
 
 mod event_control;
-mod figures;
+pub mod figures;
 pub mod kmsg;
 pub mod memcg;
 mod notify;
