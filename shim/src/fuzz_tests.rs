@@ -1,8 +1,9 @@
 //! Property tests with generated inputs for every parser of foreign bytes in
 //! the shim: kernel log records and their assembly, cgroup files
 //! (`memory.oom_control`, `memory.events`, Stats files), mountinfo,
-//! `/proc/PID/cgroup`, the options `Any`, the TOML file and the OCI spec's
-//! annotations. Generators mutate real samples (`shim/testdata/`, read off
+//! `/proc/PID/cgroup`, the options `Any`, the TOML file, the OCI spec's
+//! annotations, the memcg figure files of the OOM report, and the event
+//! bodies the `events` command receives from containerd. Generators mutate real samples (`shim/testdata/`, read off
 //! this kind of machine) and build well-formed inputs whose parse is
 //! checked; see `oomguard_runtimes::fuzzing`.
 

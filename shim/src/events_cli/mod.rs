@@ -81,6 +81,8 @@ enum Stopped {
     Away(String),
     /// Nobody reads what this prints any more.
     OutputClosed,
+    /// containerd refused the subscription: asking again cannot help.
+    Refused(String),
 }
 
 /// Listens until the output is closed. The first connection must work (a
@@ -95,7 +97,7 @@ async fn run(opts: &Options) -> Result<(), String> {
             Ok(channel) => {
                 if let Some(since) = away_since.take() {
                     eprintln!(
-                        "{NAME}: containerd at {} is back after {:.1}s; subscribed again (events published meanwhile reached no subscriber)",
+                        "{NAME}: containerd at {} is back after {:.1}s; subscribing again (events published meanwhile reached no subscriber)",
                         opts.address.display(),
                         since.elapsed().as_secs_f64()
                     );
@@ -115,6 +117,12 @@ async fn run(opts: &Options) -> Result<(), String> {
         };
         match stopped {
             Stopped::OutputClosed => return Ok(()),
+            Stopped::Refused(why) => {
+                return Err(format!(
+                    "containerd at {} refused the subscription: {why}",
+                    opts.address.display()
+                ))
+            }
             Stopped::Away(why) => {
                 if away_since.is_none() {
                     eprintln!(
@@ -140,6 +148,7 @@ async fn follow(channel: tonic::transport::Channel, opts: &Options) -> Stopped {
     // for that.
     let mut stream = match client.subscribe(request).await {
         Ok(r) => r.into_inner(),
+        Err(status) if refusal(status.code()) => return Stopped::Refused(status_text(&status)),
         Err(status) => return Stopped::Away(format!("subscribe: {}", status_text(&status))),
     };
     let mut out = std::io::stdout().lock();
@@ -169,6 +178,18 @@ fn received(e: Envelope) -> Received {
         topic: e.topic,
         body: e.event.map(|a| (a.type_url, a.value)),
     }
+}
+
+/// Answers that mean "not this request, not from you": a bad filter, no
+/// Events service, no permission. Anything else is containerd going away.
+fn refusal(code: tonic::Code) -> bool {
+    matches!(
+        code,
+        tonic::Code::InvalidArgument
+            | tonic::Code::Unimplemented
+            | tonic::Code::PermissionDenied
+            | tonic::Code::Unauthenticated
+    )
 }
 
 /// A gRPC status as one short phrase (its Display is a debug dump).
