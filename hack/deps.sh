@@ -3,7 +3,7 @@
 #
 # usage: hack/deps.sh [runsc] [docker] [deb] [all]
 #
-#   (always)  apt (bookworm): runc busybox-static jq protobuf-compiler (protoc, for the tests' containerd gRPC client)
+#   (always)  apt (bookworm): runc busybox-static jq protobuf-compiler (protoc: containerd-client, for the `events` command and the tests)
 #             .cache/busybox-dyn/   bookworm's dynamic busybox, unpacked (it conflicts
 #                                   with busybox-static, so it is not installed)
 #             .cache/containerd/1.6/  containerd 1.6 from bookworm  } dpkg -x, each with

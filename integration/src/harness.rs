@@ -197,6 +197,13 @@ impl Containerd {
         Events::subscribe(self)
     }
 
+    /// A subscription through `containerd-shim-oomguard-v2 events --json`,
+    /// which (unlike ctr) shows oomguard's own `/oomguard/*` events; live
+    /// when this returns.
+    pub fn oomguard_events(&self) -> Events {
+        Events::oomguard(self)
+    }
+
     /// Kills, deletes and removes a container (best effort).
     pub fn remove(&self, id: &str) {
         let _ = self.ctr(&["task", "kill", "-s", "SIGKILL", id]);
@@ -239,12 +246,17 @@ impl Containerd {
             .1
     }
 
-    /// The shims still running for this containerd.
+    /// The shims still running for this containerd (not an `events`
+    /// subscriber, whose `--address` looks alike).
     pub fn shim_pids(&self) -> Vec<i32> {
-        let needle = format!("-address {}", self.socket.display());
+        let needle = format!(" -address {}", self.socket.display());
         processes()
             .into_iter()
-            .filter(|(_, cmd)| cmd.contains("containerd-shim-oomguard-v2") && cmd.contains(&needle))
+            .filter(|(_, cmd)| {
+                cmd.contains("containerd-shim-oomguard-v2")
+                    && cmd.contains(&needle)
+                    && !cmd.contains("containerd-shim-oomguard-v2 events ")
+            })
             .map(|(pid, _)| pid)
             .collect()
     }
@@ -540,6 +552,17 @@ impl Event {
     }
 }
 
+/// One line of `containerd-shim-oomguard-v2 events --json`.
+fn parse_json_event(line: &str) -> Option<Event> {
+    let v: serde_json::Value = serde_json::from_str(line).ok()?;
+    Some(Event {
+        namespace: v.get("namespace")?.as_str()?.to_string(),
+        topic: v.get("topic")?.as_str()?.to_string(),
+        body: v.get("event").cloned().unwrap_or(serde_json::Value::Null),
+        seen_at: Instant::now(),
+    })
+}
+
 fn parse_event(line: &str) -> Option<Event> {
     // "2026-11-22 07:34:43.957679739 +0000 UTC NAMESPACE TOPIC {json}"
     let rest = line.split_once(" UTC ")?.1;
@@ -558,11 +581,17 @@ fn parse_event(line: &str) -> Option<Event> {
     })
 }
 
-/// A live `ctr events` subscription.
+/// The topic of the readiness probes `Events::wait_live` publishes.
+const PROBE_TOPIC: &str = "/oomguard/test-probe";
+
+/// A live event subscription: `ctr events`, or oomguard's own `events`
+/// command.
 pub struct Events {
     child: Child,
     seen: Arc<Mutex<Vec<Event>>>,
     namespace: String,
+    /// What the command wrote to stderr (oomguard's: its reconnections).
+    stderr: Arc<Mutex<String>>,
 }
 
 impl Events {
@@ -575,30 +604,115 @@ impl Events {
     pub fn on(version: &str, socket: &Path, namespace: &str) -> Events {
         let mut cmd = Command::new(repo().join(format!(".cache/containerd/{version}/bin/ctr")));
         cmd.arg("--address").arg(socket).arg("events");
+        let events = Events::spawn(cmd, parse_event, namespace);
+        // The subscription must be live before the test acts.
+        std::thread::sleep(Duration::from_millis(300));
+        events
+    }
+
+    fn oomguard(c: &Containerd) -> Events {
+        let mut cmd = Command::new(shim_dir().join("containerd-shim-oomguard-v2"));
+        cmd.arg("events")
+            .arg("--address")
+            .arg(&c.socket)
+            .arg("--namespace")
+            .arg(&c.namespace)
+            .arg("--json");
+        let events = Events::spawn(cmd, parse_json_event, &c.namespace);
+        events.wait_live(c);
+        events
+    }
+
+    fn spawn(mut cmd: Command, parse: fn(&str) -> Option<Event>, namespace: &str) -> Events {
         cmd.stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .stdin(Stdio::null());
-        let mut child = cmd.spawn().expect("spawn ctr events");
-        let stdout = child.stdout.take().expect("ctr events stdout");
+        let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let stdout = child.stdout.take().expect("events stdout");
+        let stderr = child.stderr.take().expect("events stderr");
         let seen = Arc::new(Mutex::new(Vec::new()));
         let sink = seen.clone();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(ev) = parse_event(&line) {
+                if let Some(ev) = parse(&line) {
                     sink.lock().unwrap().push(ev);
                 }
             }
         });
-        // The subscription must be live before the test acts.
-        std::thread::sleep(Duration::from_millis(300));
+        let errors = Arc::new(Mutex::new(String::new()));
+        let err_sink = errors.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                let mut e = err_sink.lock().unwrap();
+                e.push_str(&line);
+                e.push('\n');
+            }
+        });
         Events {
             child,
             seen,
             namespace: namespace.to_string(),
+            stderr: errors,
         }
     }
 
-    /// The task events of one container, in the order containerd published them.
+    /// Returns once the subscription is live: containerd answers a
+    /// subscription only with its first event, so the probe is an event
+    /// (published with `containerd publish`, what shims publish through,
+    /// with a body of a type nobody knows) that this subscriber must show.
+    /// Panics after 20 s.
+    pub fn wait_live(&self, c: &Containerd) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        // An Any whose type_url (field 1) names no real message.
+        let type_url = b"oomguard.test.Probe";
+        let mut any = vec![0x0a, type_url.len() as u8];
+        any.extend_from_slice(type_url);
+        let containerd = repo().join(format!(".cache/containerd/{}/bin/containerd", c.version));
+        loop {
+            let mut cmd = Command::new(&containerd);
+            cmd.arg("--address")
+                .arg(&c.socket)
+                .args(["publish", "--topic", PROBE_TOPIC, "--namespace"])
+                .arg(&c.namespace)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::null())
+                .stderr(Stdio::null());
+            if let Ok(mut child) = cmd.spawn() {
+                if let Some(mut stdin) = child.stdin.take() {
+                    use std::io::Write;
+                    let _ = stdin.write_all(&any);
+                }
+                let _ = child.wait();
+            }
+            let probe = Instant::now();
+            while probe.elapsed() < Duration::from_millis(500) {
+                if self
+                    .seen
+                    .lock()
+                    .unwrap()
+                    .iter()
+                    .any(|e| e.topic == PROBE_TOPIC)
+                {
+                    self.seen.lock().unwrap().retain(|e| e.topic != PROBE_TOPIC);
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the events subscription is not live after 20 s; its stderr: {}",
+                self.stderr()
+            );
+        }
+    }
+
+    /// What the subscriber wrote to stderr so far.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// The task events (and oomguard's own) of one container, in the order
+    /// containerd published them.
     pub fn of(&self, id: &str) -> Vec<Event> {
         self.seen
             .lock()
@@ -606,7 +720,7 @@ impl Events {
             .iter()
             .filter(|e| {
                 e.namespace == self.namespace
-                    && e.topic.starts_with("/tasks/")
+                    && (e.topic.starts_with("/tasks/") || e.topic.starts_with("/oomguard/"))
                     && e.container() == id
             })
             .cloned()
@@ -716,5 +830,18 @@ mod tests {
         )
         .unwrap();
         assert_eq!(e.container(), "d1");
+    }
+
+    #[test]
+    fn parses_oomguard_json_lines() {
+        let e = parse_json_event(r#"{"timestamp":"2026-12-05T13:11:13.217016995Z","namespace":"ns1","topic":"/oomguard/oom","type":"oomguard.events.v1.OOMKill","event":{"container_id":"web","victim_pid":8101}}"#).unwrap();
+        assert_eq!(
+            (e.namespace.as_str(), e.topic.as_str(), e.container()),
+            ("ns1", "/oomguard/oom", "web")
+        );
+        assert_eq!(e.body["victim_pid"], 8101);
+        let e = parse_json_event(r#"{"timestamp":"-","namespace":"ns1","topic":"/oomguard/test-probe","type":"x","event":null,"error":"type not known (0 bytes)"}"#).unwrap();
+        assert_eq!(e.container(), "");
+        assert!(parse_json_event("not json").is_none());
     }
 }

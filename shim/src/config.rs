@@ -220,7 +220,7 @@ impl RuntimeConfig {
         }
         if let Some(v) = &file.oom_report {
             c.oom_report_stderr =
-                crate::report::parse_oom_report(v).map_err(|message| ConfigError::Key {
+                crate::story::parse_oom_report(v).map_err(|message| ConfigError::Key {
                     path: origin.to_string(),
                     key: "oom_report".to_string(),
                     message,
@@ -246,8 +246,8 @@ impl RuntimeConfig {
     }
 
     /// The reports the config asks for (annotations may change them).
-    pub fn report_settings(&self) -> crate::report::Settings {
-        crate::report::Settings {
+    pub fn report_settings(&self) -> crate::story::Settings {
+        crate::story::Settings {
             termination_message: self.termination_message,
             stderr: self.oom_report_stderr,
         }

@@ -1,7 +1,9 @@
 //! Events to containerd, in order, over its ttrpc Events service.
 //!
 //! One queue and one sender task: an event is forwarded only after the one
-//! before it was answered, so TaskOOM can never overtake or trail TaskExit.
+//! before it was answered, so TaskOOM can never overtake or trail TaskExit,
+//! and oomguard's own `/oomguard/oom` report of a kill, queued right after
+//! its TaskOOM, can never trail the TaskExit either.
 //! Nothing is given up while containerd is away (killed, restarting,
 //! upgraded): the head of the queue is retried, backing off to one attempt a
 //! second, until a containerd answers on the same ttrpc path, however long
@@ -12,10 +14,12 @@
 //! Memory while containerd is away: no RPC can add a container or an exec
 //! then, so the per-process events (create, start, exec, exit, delete) are
 //! bounded by the processes the shim already has. The one event with no
-//! such bound is TaskOOM (with `oom_group` off a container can be OOM-killed
-//! again and again). Past `OOM_COALESCE_AT` queued events, a TaskOOM for a
-//! container whose newest queued event is already an undelivered TaskOOM is
-//! coalesced into it: CRI sets the same reason once or twice; only a
+//! such bound is an OOM story, TaskOOM and its OOMKill report (with
+//! `oom_group` off a container can be OOM-killed again and again). Past
+//! `OOM_COALESCE_AT` queued events, a TaskOOM for a container whose newest
+//! queued story is still undelivered is coalesced into that story's
+//! TaskOOM, and its OOMKill folded into the story's OOMKill (counts added,
+//! `episodes` says how many): CRI sets the same reason once or twice; only a
 //! client counting oom events (docker events) sees fewer. Every container
 //! keeps at least one TaskOOM per OOM story, and TaskExit is never dropped.
 
@@ -38,6 +42,8 @@ use containerd_shim_protos::ttrpc::{self, context, Code};
 use log::{debug, error, info, warn};
 use tokio::sync::{oneshot, watch, Notify};
 
+use crate::proto::{self, OOMKill};
+
 /// A containerd task event with its topic and type URL.
 pub enum Event {
     Create(TaskCreate),
@@ -49,6 +55,8 @@ pub enum Event {
     ExecStarted(TaskExecStarted),
     Paused(TaskPaused),
     Resumed(TaskResumed),
+    /// oomguard's own report of an OOM kill, right after its TaskOOM.
+    OomKill(OOMKill),
 }
 
 impl Event {
@@ -63,6 +71,7 @@ impl Event {
             Event::ExecStarted(_) => "/tasks/exec-started",
             Event::Paused(_) => "/tasks/paused",
             Event::Resumed(_) => "/tasks/resumed",
+            Event::OomKill(_) => proto::OOM_TOPIC,
         }
     }
 
@@ -78,23 +87,26 @@ impl Event {
             Event::ExecStarted(e) => &e.container_id,
             Event::Paused(e) => &e.container_id,
             Event::Resumed(e) => &e.container_id,
+            Event::OomKill(e) => &e.container_id,
         }
     }
 
     fn to_any(&self) -> Any {
-        let (name, bytes) = match self {
-            Event::Create(e) => ("TaskCreate", e.write_to_bytes()),
-            Event::Start(e) => ("TaskStart", e.write_to_bytes()),
-            Event::Exit(e) => ("TaskExit", e.write_to_bytes()),
-            Event::Delete(e) => ("TaskDelete", e.write_to_bytes()),
-            Event::Oom(e) => ("TaskOOM", e.write_to_bytes()),
-            Event::ExecAdded(e) => ("TaskExecAdded", e.write_to_bytes()),
-            Event::ExecStarted(e) => ("TaskExecStarted", e.write_to_bytes()),
-            Event::Paused(e) => ("TaskPaused", e.write_to_bytes()),
-            Event::Resumed(e) => ("TaskResumed", e.write_to_bytes()),
+        let task = |name: &str| format!("containerd.events.{name}");
+        let (type_url, bytes) = match self {
+            Event::Create(e) => (task("TaskCreate"), e.write_to_bytes()),
+            Event::Start(e) => (task("TaskStart"), e.write_to_bytes()),
+            Event::Exit(e) => (task("TaskExit"), e.write_to_bytes()),
+            Event::Delete(e) => (task("TaskDelete"), e.write_to_bytes()),
+            Event::Oom(e) => (task("TaskOOM"), e.write_to_bytes()),
+            Event::ExecAdded(e) => (task("TaskExecAdded"), e.write_to_bytes()),
+            Event::ExecStarted(e) => (task("TaskExecStarted"), e.write_to_bytes()),
+            Event::Paused(e) => (task("TaskPaused"), e.write_to_bytes()),
+            Event::Resumed(e) => (task("TaskResumed"), e.write_to_bytes()),
+            Event::OomKill(e) => (proto::OOM_KILL_TYPE_URL.to_string(), e.write_to_bytes()),
         };
         let mut any = Any::new();
-        any.type_url = format!("containerd.events.{name}");
+        any.type_url = type_url;
         // Serialising a message built in memory cannot fail; an empty body
         // would still carry the topic.
         any.value = bytes.unwrap_or_default();
@@ -130,19 +142,24 @@ struct Queue {
 }
 
 impl Queue {
-    /// Adds `event` (or folds a repeated TaskOOM into the queued one) and
+    /// Adds `event` (or folds a repeated OOM story into the queued one) and
     /// returns the sequence number whose delivery delivers it.
     fn push(&mut self, event: Event, ack: Option<oneshot::Sender<bool>>) -> u64 {
         if let Some(p) = self.coalescible(&event) {
             let seq = p.seq;
             p.acks.extend(ack);
+            if let (Event::OomKill(queued), Event::OomKill(later)) = (&mut p.event, event) {
+                proto::fold(queued, later);
+                return seq;
+            }
+            let id = p.event.container_id().to_string();
             self.coalesced += 1;
             if self.coalesced.is_power_of_two() {
                 warn!(
                     "events: containerd away, {} events queued: {} repeated TaskOOM coalesced (latest for id={})",
                     self.events.len(),
                     self.coalesced,
-                    event.container_id()
+                    id
                 );
             }
             return seq;
@@ -158,22 +175,36 @@ impl Queue {
         seq
     }
 
-    /// The queued, undelivered TaskOOM a new TaskOOM can be folded into:
-    /// only past the bound, and only when nothing of that container was
-    /// queued after it (so every consumer sees the same story in order).
-    /// The head is never chosen: it may be on the wire already.
+    /// The queued, undelivered event of the same kind a new TaskOOM or
+    /// OOMKill can be folded into: only past the bound, and only into the
+    /// container's newest OOM story (its TaskOOM, and the OOMKill after it
+    /// if queued) with nothing else of that container queued after it, so
+    /// every consumer sees the same story in order. A TaskOOM that was
+    /// folded leaves its OOMKill to fold into the story's OOMKill, which is
+    /// then the container's newest event. The head is never chosen: it may
+    /// be on the wire already.
     fn coalescible(&mut self, event: &Event) -> Option<&mut Pending> {
-        if !matches!(event, Event::Oom(_)) || self.events.len() < OOM_COALESCE_AT {
+        let is_oom = matches!(event, Event::Oom(_));
+        if !(is_oom || matches!(event, Event::OomKill(_))) || self.events.len() < OOM_COALESCE_AT {
             return None;
         }
         let id = event.container_id();
-        let (at, last) = self
+        let mut mine = self
             .events
             .iter()
             .enumerate()
             .rev()
-            .find(|(_, p)| p.event.container_id() == id)?;
-        if at == 0 || !matches!(last.event, Event::Oom(_)) {
+            .filter(|(_, p)| p.event.container_id() == id);
+        let (last_at, last) = mine.next()?;
+        let at = match (&last.event, is_oom) {
+            (Event::Oom(_), true) | (Event::OomKill(_), false) => last_at,
+            (Event::OomKill(_), true) => match mine.next() {
+                Some((at, p)) if matches!(p.event, Event::Oom(_)) => at,
+                _ => return None,
+            },
+            _ => return None,
+        };
+        if at == 0 {
             return None;
         }
         self.events.get_mut(at)
@@ -516,6 +547,85 @@ mod tests {
         // TaskExit is never coalesced.
         q.push(exit("a", 137), None);
         assert_eq!(q.events.len(), len + 4);
+    }
+
+    fn oom_kill(id: &str, killed: u32) -> Event {
+        Event::OomKill(OOMKill {
+            container_id: id.into(),
+            victim_pid: Some(killed as i32),
+            processes_killed: Some(killed),
+            memcg_peak_bytes: Some(u64::from(killed) << 20),
+            episodes: 1,
+            ..Default::default()
+        })
+    }
+
+    fn kinds(q: &Queue, id: &str) -> Vec<&'static str> {
+        q.events
+            .iter()
+            .filter(|p| p.event.container_id() == id)
+            .map(|p| p.event.topic())
+            .collect()
+    }
+
+    #[test]
+    fn oom_stories_are_folded_whole_past_the_bound() {
+        let mut q = Queue::default();
+        q.push(exit("head", 0), None);
+        // Below the bound every story is kept, report after its TaskOOM.
+        q.push(oom("a"), None);
+        q.push(oom_kill("a", 1), None);
+        assert_eq!(kinds(&q, "a"), ["/tasks/oom", "/oomguard/oom"]);
+        for i in 0..OOM_COALESCE_AT {
+            q.push(exit(&format!("filler{i}"), 0), None);
+        }
+        let len = q.events.len();
+        // Two more stories of a: folded into the queued one.
+        for killed in [2, 3] {
+            q.push(oom("a"), None);
+            q.push(oom_kill("a", killed), None);
+        }
+        assert_eq!(q.events.len(), len);
+        assert_eq!(kinds(&q, "a"), ["/tasks/oom", "/oomguard/oom"]);
+        let folded = q
+            .events
+            .iter()
+            .find_map(|p| match &p.event {
+                Event::OomKill(k) if k.container_id == "a" => Some(k.clone()),
+                _ => None,
+            })
+            .unwrap();
+        assert_eq!(folded.episodes, 3);
+        assert_eq!(folded.processes_killed, Some(6));
+        assert_eq!(folded.victim_pid, Some(3), "the latest victim");
+        assert_eq!(folded.memcg_peak_bytes, Some(3 << 20), "the highest peak");
+        // After a's exit a new story is queued whole, in order.
+        q.push(exit("a", 137), None);
+        q.push(oom("a"), None);
+        q.push(oom_kill("a", 1), None);
+        assert_eq!(
+            kinds(&q, "a"),
+            [
+                "/tasks/oom",
+                "/oomguard/oom",
+                "/tasks/exit",
+                "/tasks/oom",
+                "/oomguard/oom"
+            ]
+        );
+        // A report is never folded into another container's.
+        q.push(oom("b"), None);
+        q.push(oom_kill("b", 1), None);
+        assert_eq!(kinds(&q, "b"), ["/tasks/oom", "/oomguard/oom"]);
+    }
+
+    #[test]
+    fn oom_kill_goes_out_as_its_own_type() {
+        let any = oom_kill("a", 1).to_any();
+        assert_eq!(any.type_url, "oomguard.events.v1.OOMKill");
+        let back = OOMKill::parse_from_bytes(&any.value).unwrap();
+        assert_eq!(back.container_id, "a");
+        assert_eq!(oom_kill("a", 1).topic(), "/oomguard/oom");
     }
 
     #[test]

@@ -1,8 +1,9 @@
 //! Property tests with generated inputs for every parser of foreign bytes in
 //! the shim: kernel log records and their assembly, cgroup files
 //! (`memory.oom_control`, `memory.events`, Stats files), mountinfo,
-//! `/proc/PID/cgroup`, the options `Any`, the TOML file and the OCI spec's
-//! annotations. Generators mutate real samples (`shim/testdata/`, read off
+//! `/proc/PID/cgroup`, the options `Any`, the TOML file, the OCI spec's
+//! annotations, the memcg figure files of the OOM report, and the event
+//! bodies the `events` command receives from containerd. Generators mutate real samples (`shim/testdata/`, read off
 //! this kind of machine) and build well-formed inputs whose parse is
 //! checked; see `oomguard_runtimes::fuzzing`.
 
@@ -636,4 +637,133 @@ fn fuzz_spec_grouping_id() {
             Err(e) => named(e, &["config.json", "annotation"]),
         }
     });
+}
+
+// ---------------------------------------------------------------------------
+// The OOM report's memcg figures, and event bodies from containerd (`events`)
+
+#[test]
+fn fuzz_memcg_figures() {
+    let seeds = vec![
+        "33554432\n".to_string(),
+        "max\n".into(),
+        "9223372036854771712\n".into(),
+    ];
+    let strategy = prop_oneof![
+        1 => any::<u64>().prop_map(|n| (format!("{n}\n"), Some(n))),
+        3 => mutated_text(seeds).prop_map(|t| (t, None)),
+    ];
+    run("memory.current/max/peak", strategy, |(text, want)| {
+        let usage = crate::oom::figures::parse_figure(&text, false);
+        let limit = crate::oom::figures::parse_figure(&text, true);
+        if let Some(n) = want {
+            prop_assert_eq!(usage.clone(), Ok(Some(n)));
+            // A limit that high is "no limit".
+            prop_assert_eq!(limit.clone(), Ok((n < 1 << 62).then_some(n)));
+        }
+        match (usage, limit) {
+            (Ok(_), Ok(_)) | (Err(_), Ok(None)) => Ok(Ok(())),
+            (Err(e), _) | (_, Err(e)) => named(e, &["not a byte count"]),
+        }
+    });
+}
+
+/// An OOMKill with generated fields, as a newer or older oomguard (or a
+/// stranger) could publish it.
+fn oom_kills() -> impl Strategy<Value = crate::proto::OOMKill> {
+    (
+        "[ -~]{0,40}",
+        prop::option::of(any::<i32>()),
+        "[ -~]{0,16}",
+        prop::collection::vec(prop::option::of(any::<u64>()), 4),
+        prop::option::of(any::<u32>()),
+        any::<bool>(),
+        prop::option::of(any::<bool>()),
+        any::<i32>(),
+        any::<u32>(),
+    )
+        .prop_map(
+            |(id, pid, comm, sizes, killed, group, host, source, episodes)| crate::proto::OOMKill {
+                container_id: id,
+                victim_pid: pid,
+                victim_comm: comm,
+                victim_rss_kib: sizes[0],
+                memcg_usage_bytes: sizes[1],
+                memcg_limit_bytes: sizes[2],
+                memcg_peak_bytes: sizes[3],
+                processes_killed: killed,
+                group_kill: group,
+                host_oom: host,
+                source: protobuf::EnumOrUnknown::from_i32(source),
+                episodes,
+                ..Default::default()
+            },
+        )
+}
+
+#[test]
+fn fuzz_event_bodies() {
+    use crate::events_cli::decode::decode;
+    use crate::events_cli::format::{json_line, text_line, Received};
+    use crate::proto::OOM_KILL_TYPE_URL;
+    let exit = {
+        let mut e = containerd_shim_protos::events::task::TaskExit::new();
+        e.container_id = "c1".into();
+        e.id = "c1".into();
+        e.pid = 4242;
+        e.exit_status = 137;
+        e.write_to_bytes().unwrap_or_default()
+    };
+    let seeds = vec![
+        crate::proto::OOMKill {
+            container_id: "c1".into(),
+            victim_pid: Some(4242),
+            victim_comm: "dd".into(),
+            memcg_limit_bytes: Some(33554432),
+            ..Default::default()
+        }
+        .write_to_bytes()
+        .unwrap_or_default(),
+        exit,
+    ];
+    let type_urls = prop::sample::select(vec![
+        OOM_KILL_TYPE_URL,
+        "containerd.events.TaskExit",
+        "containerd.events.TaskOOM",
+        "containerd.events.TaskCreate",
+        "containerd.events.Unknown",
+    ]);
+    let strategy = prop_oneof![
+        1 => oom_kills().prop_map(|k| (OOM_KILL_TYPE_URL, k.write_to_bytes().unwrap_or_default(), Some(k))),
+        3 => (type_urls, mutated_bytes(seeds)).prop_map(|(t, b)| (t, b, None)),
+    ];
+    run(
+        "event bodies (events)",
+        strategy,
+        |(type_url, bytes, sent)| {
+            let got = decode(type_url, &bytes);
+            if let Some(k) = sent {
+                let fields = got.clone().ok().flatten().map(|d| d.fields);
+                prop_assert_eq!(
+                    fields.as_ref().and_then(|f| f.get("container_id")).cloned(),
+                    Some(serde_json::json!(k.container_id))
+                );
+            }
+            // Whatever came, one line each, and the JSON one parses.
+            let r = Received {
+                timestamp: Some((i64::MAX, -1)),
+                namespace: "ns".into(),
+                topic: "/t".into(),
+                body: Some((type_url.to_string(), bytes)),
+            };
+            prop_assert!(!text_line(&r).contains('\n'));
+            let json = json_line(&r);
+            prop_assert!(!json.contains('\n'));
+            prop_assert!(serde_json::from_str::<serde_json::Value>(&json).is_ok());
+            match got {
+                Ok(_) => Ok(Ok(())),
+                Err(e) => named(e, &["OOMKill", "TaskExit", "TaskOOM", "TaskCreate"]),
+            }
+        },
+    );
 }

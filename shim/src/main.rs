@@ -3,6 +3,7 @@
 
 mod config;
 mod events;
+mod events_cli;
 #[cfg(test)]
 mod fuzz_tests;
 mod inflight;
@@ -11,10 +12,11 @@ mod lifecycle;
 mod logger;
 mod metrics;
 mod oom;
-mod report;
+mod proto;
 mod rootfs;
 mod rpc;
 mod stdio;
+mod story;
 mod task;
 mod warning;
 
@@ -22,6 +24,9 @@ fn main() {
     let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
     // The operator's commands, before containerd's flag parsing sees them.
     if let Some(code) = install::dispatch(&args) {
+        std::process::exit(code);
+    }
+    if let Some(code) = events_cli::dispatch(&args) {
         std::process::exit(code);
     }
     let flags = match containerd_shim::parse(&args[1..]) {

@@ -453,6 +453,11 @@ pub fn arm_for(window: Duration, reason: Reason) -> bool {
     arm(log, &mut a, reason)
 }
 
+/// Whether this shim can read the kernel log at all.
+pub fn readable() -> bool {
+    kernel_log().fd.is_some()
+}
+
 pub fn subscribe() -> broadcast::Receiver<Logged> {
     kernel_log().logged.subscribe()
 }

@@ -12,38 +12,6 @@ pub enum Memcg {
     V2(PathBuf),
 }
 
-/// A memcg's memory figures in bytes, each `None` where unreadable (or,
-/// for the limit, unlimited).
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Figures {
-    pub usage: Option<u64>,
-    pub limit: Option<u64>,
-    pub peak: Option<u64>,
-}
-
-/// Reads a memcg's usage, limit and high-water mark (v1
-/// `memory.{usage,limit,max_usage}_in_bytes`, v2 `memory.{current,max,peak}`).
-pub fn figures(memcg: &Memcg) -> Figures {
-    let read = |dir: &Path, file: &str| -> Option<u64> {
-        std::fs::read_to_string(dir.join(file))
-            .ok()
-            .and_then(|t| t.trim().parse::<u64>().ok())
-    };
-    match memcg {
-        Memcg::V1(d) => Figures {
-            usage: read(d, "memory.usage_in_bytes"),
-            // v1 says "no limit" with a page-rounded i64::MAX.
-            limit: read(d, "memory.limit_in_bytes").filter(|l| *l < (1 << 62)),
-            peak: read(d, "memory.max_usage_in_bytes"),
-        },
-        Memcg::V2(d) => Figures {
-            usage: read(d, "memory.current"),
-            limit: read(d, "memory.max"),
-            peak: read(d, "memory.peak"),
-        },
-    }
-}
-
 /// `memory.oom_control` (v1).
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct OomControl {

@@ -3,12 +3,14 @@
 //! when a process exits.
 
 mod event_control;
+pub mod figures;
 pub mod kmsg;
 pub mod memcg;
 pub mod notify;
 pub mod own_limit;
 pub mod pressure;
 mod recheck;
+pub mod report;
 mod sweep;
 pub mod threshold;
 mod verdict;

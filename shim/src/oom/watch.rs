@@ -6,7 +6,10 @@
 //! container is killed. At the init's exit the watch stops, the counter is
 //! re-read synchronously (the memcg may be gone a moment later) and the
 //! verdict is made, publishing a TaskOOM that was not yet published before
-//! the exit.
+//! the exit. Each TaskOOM is followed in the queue by oomguard's own report
+//! of that kill (`/oomguard/oom`, [`report`](super::report)): the victim the
+//! kernel log named, the memcg's figures, the kills counted since the last
+//! report.
 //!
 //! A memcg notification comes when the memcg *enters* OOM (v1 eventfd, v2
 //! `oom`), before the OOM killer has chosen: it is not a kill. The watch
@@ -28,11 +31,13 @@ use oomguard_runtimes::{Exit, OciRuntime};
 use tokio::sync::{broadcast, oneshot};
 use tokio::task::JoinHandle;
 
+use super::figures::MemoryFigures;
 use super::kmsg::{self, Logged, Victim};
-use super::memcg::{self, Memcg, OomCounters};
+use super::memcg::{Memcg, OomCounters};
 use super::notify::Notifier;
 use super::pressure;
 use super::recheck::{Recheck, FOLLOW_UP};
+use super::report::{OomReport, Signal};
 use super::sweep::{self, Swept};
 use super::verdict::{decide, episodes, Evidence, Verdict};
 use crate::events::{Event, Publisher};
@@ -40,6 +45,13 @@ use crate::events::{Event, Publisher};
 /// How long the oom_group kill waits for the container's processes to exit
 /// before it falls back to the runtime.
 const OOM_GROUP_KILL_LIMIT: Duration = Duration::from_secs(5);
+
+/// When the kernel log is read again for a kill's victim, after the first
+/// read right when the kill is seen. The kernel counts the kill, sends
+/// SIGKILL, then logs it, so the record is nearly always there at once; the
+/// retries cover a busy host. Bounded: a rate-limited report (an OOM storm)
+/// has no record to wait for.
+const VICTIM_RETRIES: [Duration; 2] = [Duration::from_millis(1), Duration::from_millis(4)];
 
 /// What raised a look at the counters.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -52,8 +64,12 @@ enum Source {
 /// What a look at the counters found.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Found {
-    /// A new OOM episode, published now.
-    Published,
+    /// A new OOM episode, published now. `took_log`: kernel log records
+    /// were taken from the watch's subscription for its report, so the
+    /// watch looks again as it would have for them.
+    Published {
+        took_log: bool,
+    },
     /// The memcg entered OOM (v2 `oom` moved); no kill yet.
     Entered,
     Nothing,
@@ -120,6 +136,18 @@ type Watcher = (
     JoinHandle<Option<broadcast::Receiver<Logged>>>,
 );
 
+/// What has been told to containerd so far. Held while publishing, so the
+/// watch and the exit path never both publish one episode.
+#[derive(Debug, Default)]
+struct Published {
+    /// OOM episodes published as TaskOOM.
+    episodes: u64,
+    /// OOM kills (counter or kernel log) the reports sent cover.
+    kills: u64,
+    /// Victims (of `OomWatch::victims`) the reports sent cover.
+    victims: usize,
+}
+
 /// How a container's processes were killed (for the log line).
 #[derive(Debug)]
 pub enum KillAll {
@@ -140,14 +168,16 @@ impl std::fmt::Display for KillAll {
 
 pub struct OomWatch {
     id: String,
+    /// The last OOM report published (the story people read comes from it).
+    last_report: Mutex<Option<OomReport>>,
+    /// The pod sandbox, for the OOM reports.
+    sandbox_id: Option<String>,
     memcg: Option<Memcg>,
     /// The memcg as the kernel log names it (relative to the hierarchy).
     memcg_rel: Option<String>,
     baseline: Option<OomCounters>,
     oom_group: bool,
-    /// OOM episodes already published as TaskOOM. Held while publishing, so
-    /// the watch and the exit path never both publish one episode.
-    published: tokio::sync::Mutex<u64>,
+    published: tokio::sync::Mutex<Published>,
     /// OOM notifications: v1 eventfd wake-ups, v2 `oom` moves.
     notifications: AtomicU64,
     /// v2 `oom` (since the baseline) at the last look.
@@ -164,6 +194,7 @@ impl OomWatch {
     /// Starts watching the memcg of `pid` (the container's init).
     pub fn start(
         id: &str,
+        sandbox_id: Option<String>,
         pid: i32,
         oom_group: bool,
         publisher: Publisher,
@@ -209,15 +240,17 @@ impl OomWatch {
         );
         let watch = Arc::new(OomWatch {
             id: id.to_string(),
+            sandbox_id,
             memcg,
             memcg_rel,
             baseline,
             oom_group,
-            published: tokio::sync::Mutex::new(0),
+            published: tokio::sync::Mutex::new(Published::default()),
             notifications: AtomicU64::new(0),
             ooms_seen: AtomicU64::new(0),
             queued_oom: AtomicU64::new(0),
             victims: Mutex::new(Vec::new()),
+            last_report: Mutex::new(None),
             task: Mutex::new(None),
             publisher,
             runtime,
@@ -268,17 +301,25 @@ impl OomWatch {
                     Err(broadcast::error::RecvError::Closed) => return None,
                 },
             };
-            self.signal(source, &mut follow).await;
+            let mut source = source;
+            while self.signal(source, &mut follow, &mut log).await {
+                source = Source::KernelLog;
+            }
         }
     }
 
     /// Whether another TaskOOM can still be due (with oom_group, one per
     /// container).
     async fn more_possible(&self) -> bool {
-        !(self.oom_group && *self.published.lock().await >= 1)
+        !(self.oom_group && self.published.lock().await.episodes >= 1)
     }
 
-    async fn signal(self: &Arc<Self>, source: Source, follow: &mut FollowUp) {
+    async fn signal(
+        self: &Arc<Self>,
+        source: Source,
+        follow: &mut FollowUp,
+        log: &mut broadcast::Receiver<Logged>,
+    ) -> bool {
         let now = Instant::now();
         let v1 = matches!(self.memcg, Some(Memcg::V1(_)));
         if source == Source::Memcg && v1 {
@@ -291,8 +332,12 @@ impl OomWatch {
                 follow.start(now, true);
             }
         }
-        match self.look(source, follow.since()).await {
-            Found::Published => follow.stop(),
+        let mut again = false;
+        match self.look(source, follow.since(), log).await {
+            Found::Published { took_log } => {
+                follow.stop();
+                again = took_log;
+            }
             Found::Entered if !follow.pending() && self.more_possible().await => {
                 // v2: memory.events is signalled again for the kill, but at
                 // most every 10 ms (cgroup_file_notify): re-read sooner.
@@ -310,6 +355,7 @@ impl OomWatch {
         if follow.pending() && !self.more_possible().await {
             follow.stop();
         }
+        again
     }
 
     fn owns(&self, v: &Victim) -> bool {
@@ -317,51 +363,43 @@ impl OomWatch {
     }
 
     /// What is known of the container's OOM kill, for people
-    /// (`report`): the kernel log's victim, the memcg's figures now.
-    pub fn story(&self) -> crate::report::Story {
-        use crate::report::story::Source;
-        let (counted, logged) = self.kills();
+    /// (`report`): the last report published, else (a kill no report
+    /// went out for) the kernel log's victim and the memcg's figures now.
+    pub fn story(&self) -> crate::story::Story {
+        if let Some(r) = self
+            .last_report
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .as_ref()
+        {
+            return crate::story::Story::from(r);
+        }
         let victims = self
             .victims
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone();
-        // The largest victim is the one that explains the kill.
-        let victim = victims.iter().max_by_key(|v| v.anon_rss_kb.unwrap_or(0));
+        let (counted, logged) = self.kills();
         let kills = counted.map_or(0, |c| c.kills).max(logged);
-        let figures = self.figures_of_the_memcg_that_ran_out(victim);
-        crate::report::Story {
-            // gVisor's processes live in its sentry: the host memcg's kill
-            // is the sandbox's.
-            source: if counted.is_some_and(|c| c.kills > 0 || c.ooms > 0) {
-                if self.runtime.processes_on_host() {
-                    Source::MemcgEvent
-                } else {
-                    Source::GvisorSentry
-                }
-            } else if victim.is_some() {
-                Source::KernelLog
-            } else {
-                Source::Unknown
-            },
-            victim_pid: victim.map(|v| v.pid),
-            victim_comm: victim.map(|v| v.comm.clone()),
-            victim_rss_kib: victim.and_then(|v| v.anon_rss_kb),
-            usage_bytes: figures.usage,
-            limit_bytes: figures.limit,
-            peak_bytes: figures.peak,
-            processes_killed: u32::try_from(kills).ok().filter(|k| *k > 0),
-            group_kill: self.oom_group,
-            global: victim.is_some_and(|v| v.is_global()),
-        }
+        let signal = self.signal_of(counted.is_none_or(|c| c.kills == 0 && c.ooms == 0));
+        let mut r = OomReport::new(&self.id, self.sandbox_id.as_deref(), signal);
+        // The largest victim is the one that explains the kill.
+        r.victim = victims
+            .iter()
+            .max_by_key(|v| v.anon_rss_kb.unwrap_or(0))
+            .cloned();
+        r.memory = self.figures_of_the_memcg_that_ran_out(r.victim.as_ref());
+        r.processes_killed = Some(kills).filter(|k| *k > 0);
+        r.group_kill = self.oom_group || !self.runtime.processes_on_host();
+        crate::story::Story::from(&r)
     }
 
     /// The memory figures of the memcg the kernel log says ran out (the
     /// pod's, for a gVisor sandbox or a pod-level limit), else the
     /// container's own.
-    fn figures_of_the_memcg_that_ran_out(&self, victim: Option<&Victim>) -> memcg::Figures {
+    fn figures_of_the_memcg_that_ran_out(&self, victim: Option<&Victim>) -> MemoryFigures {
         let Some(own) = &self.memcg else {
-            return memcg::Figures::default();
+            return MemoryFigures::default();
         };
         let ran_out = match (
             own,
@@ -386,7 +424,7 @@ impl OomWatch {
             }
             _ => None,
         };
-        memcg::figures(ran_out.as_ref().unwrap_or(own))
+        MemoryFigures::read(ran_out.as_ref().unwrap_or(own))
     }
 
     /// Keeps a victim of this container's memcg (once: the exit path may
@@ -422,7 +460,12 @@ impl OomWatch {
 
     /// Reads the counters; publishes a new OOM episode (and, with oom_group,
     /// kills the container in the background).
-    async fn look(self: &Arc<Self>, source: Source, since: Option<Instant>) -> Found {
+    async fn look(
+        self: &Arc<Self>,
+        source: Source,
+        since: Option<Instant>,
+        log: &mut broadcast::Receiver<Logged>,
+    ) -> Found {
         let (counted, logged) = self.kills();
         let c = counted.unwrap_or_default();
         let entered = c.ooms > self.ooms_seen.fetch_max(c.ooms, Ordering::Relaxed);
@@ -432,21 +475,16 @@ impl OomWatch {
         let kills = c.kills.max(logged);
         let due = episodes(kills, c.group_kills, self.oom_group);
         let mut published = self.published.lock().await;
-        if due > *published {
+        if due > published.episodes {
             // Queued, not awaited: containerd may be away for minutes, and
             // neither the kill nor the next episode's TaskOOM waits for it.
             // The exit path waits for its delivery before releasing Wait.
-            let seq = self.publisher.publish(self.oom_event());
-            self.queued_oom.fetch_max(seq, Ordering::Relaxed);
-            *published = due;
-            drop(published);
+            self.publisher.publish(self.oom_event());
+            let new_episodes = due - published.episodes;
+            published.episodes = due;
             let after = since
                 .map(|t| format!("{:.3}", t.elapsed().as_secs_f64() * 1000.0))
                 .unwrap_or_else(|| "-".into());
-            info!(
-                "oom id={} source={source:?} oom_kills={kills} group_kills={} (counter={} kernel_log={logged}) episodes={due} ms_after_notification={after}: publishing TaskOOM",
-                self.id, c.group_kills, show(counted)
-            );
             if self.oom_group {
                 let me = self.clone();
                 tokio::spawn(async move {
@@ -460,7 +498,20 @@ impl OomWatch {
                     );
                 });
             }
-            return Found::Published;
+            // The report follows its TaskOOM (the lock keeps the exit path's
+            // TaskExit behind it); its victim is read meanwhile.
+            let took_log = self.catch_victim(published.victims, log).await;
+            // Kills the counter does not show came from the kernel log.
+            let signal = self.signal_of(source == Source::KernelLog || c.kills == 0);
+            let report = self.report(signal, (kills, c.group_kills), &mut published, new_episodes);
+            let seq = self.publisher.publish(Event::OomKill(report.to_message()));
+            self.queued_oom.fetch_max(seq, Ordering::Relaxed);
+            drop(published);
+            info!(
+                "oom id={} source={source:?} oom_kills={kills} group_kills={} (counter={} kernel_log={logged}) episodes={due} ms_after_notification={after}: published TaskOOM and /oomguard/oom {}",
+                self.id, c.group_kills, show(counted), report.describe()
+            );
+            return Found::Published { took_log };
         }
         drop(published);
         if entered {
@@ -541,11 +592,82 @@ impl OomWatch {
         Event::Oom(ev)
     }
 
-    async fn publish(&self, published: &mut u64, episodes: u64) {
-        if !self.publisher.publish_acked(self.oom_event()).await {
-            warn!("oom id={}: TaskOOM refused by containerd", self.id);
+    /// Reads the kernel log now (and after short waits) until it has named
+    /// a victim of this memcg beyond the `known` ones, or gives up: first
+    /// what the shim's reader already took from it (waiting in `log`, the
+    /// watch's own subscription), then what is left in it.
+    /// Returns whether it took records from `log`.
+    async fn catch_victim(&self, known: usize, log: &mut broadcast::Receiver<Logged>) -> bool {
+        let mut took = false;
+        if !kmsg::readable() {
+            return took;
         }
-        *published = episodes;
+        let found = || self.victims.lock().unwrap_or_else(|p| p.into_inner()).len() > known;
+        for wait in std::iter::once(Duration::ZERO).chain(VICTIM_RETRIES) {
+            if found() {
+                return took;
+            }
+            if !wait.is_zero() {
+                tokio::time::sleep(wait).await;
+            }
+            // Taken from the loop's subscription: the caller looks again
+            // as the loop would have for them.
+            while let Ok(m) = log.try_recv() {
+                took = true;
+                if let Logged::Victim(v) = m {
+                    self.record_victim(v);
+                }
+            }
+            let mut fresh = kmsg::subscribe();
+            kmsg::drain_now();
+            while let Ok(m) = fresh.try_recv() {
+                if let Logged::Victim(v) = m {
+                    self.record_victim(v);
+                }
+            }
+        }
+        took
+    }
+
+    /// Which signal showed the kill: under gVisor any kill in the
+    /// sandbox's host memcg is the sentry's; else the kernel log when it
+    /// showed the kill first, or the memcg.
+    fn signal_of(&self, kernel_log_first: bool) -> Signal {
+        if !self.runtime.processes_on_host() {
+            Signal::GvisorSentry
+        } else if kernel_log_first {
+            Signal::KernelLog
+        } else {
+            Signal::MemcgEvent
+        }
+    }
+
+    /// The report of the episodes just published: the victims and kills
+    /// since the last report, the memcg's figures now.
+    fn report(
+        &self,
+        signal: Signal,
+        (kills, group_kills): (u64, u64),
+        published: &mut Published,
+        episodes: u64,
+    ) -> OomReport {
+        let mut r = OomReport::new(&self.id, self.sandbox_id.as_deref(), signal);
+        {
+            let victims = self.victims.lock().unwrap_or_else(|p| p.into_inner());
+            r.victim = victims
+                .get(published.victims..)
+                .and_then(|v| v.first())
+                .cloned();
+            published.victims = victims.len();
+        }
+        r.memory = self.figures_of_the_memcg_that_ran_out(r.victim.as_ref());
+        // No kill counted yet (a notification and a SIGKILL): unknown, not 0.
+        r.processes_killed = Some(kills.saturating_sub(published.kills)).filter(|n| *n > 0);
+        published.kills = published.kills.max(kills);
+        r.group_kill = group_kills > 0 || self.oom_group || !self.runtime.processes_on_host();
+        r.episodes = episodes.max(1);
+        *self.last_report.lock().unwrap_or_else(|p| p.into_inner()) = Some(r.clone());
+        r
     }
 
     /// The verdict for a container process's exit. For the init this ends
@@ -612,7 +734,7 @@ impl OomWatch {
             oom_kills: Some(kills),
             oom_notifications: notifications,
             process_was_victim: victim.is_some(),
-            already_reported: *published >= episodes,
+            already_reported: published.episodes >= episodes,
             oom_group: self.oom_group,
             is_init,
         };
@@ -633,7 +755,7 @@ impl OomWatch {
                 .as_ref()
                 .map(|v| format!("{}({}) anon_rss_kb={:?} task_memcg={} global={}", v.pid, v.comm, v.anon_rss_kb, v.task_memcg, v.is_global()))
                 .unwrap_or_else(|| "none".into()),
-            *published,
+            published.episodes,
             self.oom_group,
             verdict.oom_killed,
             verdict.oom_event,
@@ -641,7 +763,24 @@ impl OomWatch {
             verdict.reason
         );
         if verdict.oom_event {
-            self.publish(&mut published, episodes.max(1)).await;
+            // The report right behind its TaskOOM, both before the caller's
+            // TaskExit; only then is containerd's answer awaited.
+            let acked = self.publisher.publish_acked(self.oom_event());
+            let signal = self.signal_of(c.kills == 0 && logged > 0);
+            let due = episodes.max(1);
+            let new_episodes = due.saturating_sub(published.episodes);
+            let report = self.report(signal, (kills, c.group_kills), &mut published, new_episodes);
+            self.publisher.publish(Event::OomKill(report.to_message()));
+            published.episodes = due;
+            info!(
+                "oom id={} pid={}: published TaskOOM and /oomguard/oom at exit {}",
+                self.id,
+                exit.pid,
+                report.describe()
+            );
+            if !acked.await {
+                warn!("oom id={}: TaskOOM refused by containerd", self.id);
+            }
             drop(published);
         } else {
             drop(published);

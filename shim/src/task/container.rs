@@ -16,10 +16,10 @@ use crate::config::RuntimeConfig;
 use crate::events::Publisher;
 use crate::oom::own_limit::limit_of;
 use crate::oom::{oom_group_for, ContainerMemory, OomWatch};
-use crate::report::{self, Report};
 use crate::rootfs;
 use crate::rpc::{self, RpcResult};
 use crate::stdio::{self, ConsoleSocket, IoHandles, StdioSpec};
+use crate::story::{self, Targets};
 use crate::task::process::{Process, State};
 
 /// How long the exit path waits for the processes a kill-all killed.
@@ -42,7 +42,7 @@ pub struct Container {
     /// Its own memory usage and limit where its host memcg is shared.
     pub own_memory: Arc<ContainerMemory>,
     /// Where an OOM kill's story goes besides containerd.
-    pub report: Report,
+    pub story: Targets,
     /// The memory warning's level, and its watch once the container runs.
     warning_level: crate::warning::Level,
     warning_stall: crate::warning::Level,
@@ -74,6 +74,18 @@ pub fn kills_all_on_exit(spec: &serde_json::Value) -> bool {
                 .and_then(|p| p.as_str())
                 .is_none_or(str::is_empty)
     })
+}
+
+/// The pod sandbox a container belongs to, for its OOM reports: the CRI
+/// annotation, else, under gVisor, its own sandbox (runsc names a sandbox
+/// after the container that made it).
+pub fn sandbox_of(spec: &serde_json::Value, id: &str, runtime: &dyn OciRuntime) -> Option<String> {
+    spec.pointer("/annotations")
+        .and_then(|a| a.get(oomguard_runtimes::spec::SANDBOX_ID))
+        .and_then(|v| v.as_str())
+        .filter(|s| !s.is_empty())
+        .map(str::to_string)
+        .or_else(|| (!runtime.processes_on_host()).then(|| id.to_string()))
 }
 
 /// Builds the runtime driver a configuration names.
@@ -124,8 +136,8 @@ impl Container {
         let oom_group = oom_group_for(&spec, req.config.oom_group)
             .map_err(|e| rpc::invalid(format!("bundle {}: config.json: {e}", bundle.display())))?;
         let kill_all_on_exit = kills_all_on_exit(&spec);
-        let settings = report::Settings::resolve(req.id, &spec, req.config.report_settings());
-        let report = Report::for_container(req.id, &spec, &settings);
+        let settings = story::Settings::resolve(req.id, &spec, req.config.report_settings());
+        let story_targets = Targets::for_container(req.id, &spec, &settings);
         let (warning_level, bad) =
             crate::warning::level::for_spec(&spec, req.config.warning_level());
         let (warning_stall, bad_stall) = crate::warning::level::for_spec_key(
@@ -163,14 +175,17 @@ impl Container {
                 return Err(e);
             }
         };
+        let sandbox = sandbox_of(&spec, req.id, runtime.as_ref());
         let oom = OomWatch::start(
             req.id,
+            sandbox.clone(),
             init.pid(),
             oom_group,
             req.publisher.clone(),
             runtime.clone(),
         );
-        let own_memory = ContainerMemory::new(req.id, limit_of(&spec), req.publisher.clone());
+        let own_memory =
+            ContainerMemory::new(req.id, sandbox, limit_of(&spec), req.publisher.clone());
         let container = Arc::new(Container {
             id: req.id.to_string(),
             namespace: req.namespace.to_string(),
@@ -181,7 +196,7 @@ impl Container {
             oom,
             kill_all_on_exit,
             own_memory,
-            report,
+            story: story_targets,
             warning_level,
             warning_stall,
             warning: std::sync::Mutex::new(None),

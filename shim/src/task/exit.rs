@@ -66,7 +66,7 @@ pub async fn init_exited(container: Arc<Container>, exit: Exit, publisher: Publi
             Some(own) => own,
             None => container.oom.story(),
         };
-        container.report.oom_killed(&container.id, &story, stderr);
+        container.story.oom_killed(&container.id, &story, stderr);
     }
     publish_exit(&container, &container.init, &exit, &verdict, &publisher).await;
 }

@@ -186,7 +186,7 @@ pub fn start(sink: Arc<Sink>, memcg: &Memcg) -> Option<MemoryWarning> {
             }
         })));
     }
-    let Some(limit) = crate::oom::memcg::figures(memcg).limit else {
+    let Some(limit) = crate::oom::figures::MemoryFigures::read(memcg).limit else {
         debug!("warning id={id}: no memory limit: no warning");
         return None;
     };
@@ -285,7 +285,7 @@ async fn watch_v2(sink: &Sink, memcg: &Memcg, psi: psi::PsiTrigger) -> std::io::
             }
         };
         if episode_until.is_none() {
-            let figures = crate::oom::memcg::figures(memcg);
+            let figures = crate::oom::figures::MemoryFigures::read(memcg);
             let ws = working_set(memcg).ok();
             sink.pressured(ws, figures.limit, &why);
         }

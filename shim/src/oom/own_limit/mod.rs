@@ -57,6 +57,8 @@ pub struct Exceeded {
 /// in its sandbox's watch.
 pub struct ContainerMemory {
     id: String,
+    /// Its pod's sandbox, for the OOM report of a kill.
+    sandbox_id: Option<String>,
     limit: Option<u64>,
     publisher: Publisher,
     shared: Mutex<Option<Arc<dyn SharedSandbox>>>,
@@ -65,9 +67,15 @@ pub struct ContainerMemory {
 }
 
 impl ContainerMemory {
-    pub fn new(id: &str, limit: Option<u64>, publisher: Publisher) -> Arc<Self> {
+    pub fn new(
+        id: &str,
+        sandbox_id: Option<String>,
+        limit: Option<u64>,
+        publisher: Publisher,
+    ) -> Arc<Self> {
         Arc::new(ContainerMemory {
             id: id.to_string(),
+            sandbox_id,
             limit,
             publisher,
             shared: Mutex::new(None),
@@ -103,7 +111,14 @@ impl ContainerMemory {
             );
             return;
         };
-        let member = Member::new(&self.id, limit, runtime, self.slot.clone(), warning);
+        let member = Member::new(
+            &self.id,
+            self.sandbox_id.clone(),
+            limit,
+            runtime,
+            self.slot.clone(),
+            warning,
+        );
         match SandboxLimits::join(shared, pid, self.publisher.clone(), member).await {
             Ok(watch) => {
                 info!(
@@ -159,10 +174,10 @@ impl ContainerMemory {
     }
 
     /// The story of the kill the watch made, if it made one.
-    pub async fn story(&self) -> Option<crate::report::Story> {
+    pub async fn story(&self) -> Option<crate::story::Story> {
         let e = self.slot.lock().await.clone()?;
-        Some(crate::report::Story {
-            source: crate::report::story::Source::OwnLimit,
+        Some(crate::story::Story {
+            source: crate::story::text::Source::OwnLimit,
             usage_bytes: Some(e.usage),
             limit_bytes: Some(e.limit),
             peak_bytes: Some(e.usage),

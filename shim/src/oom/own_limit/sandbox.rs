@@ -36,6 +36,7 @@ use super::levels::{self, HostMemory, Levels, Which};
 use super::Exceeded;
 use crate::events::{Event, Publisher};
 use crate::oom::memcg::Memcg;
+use crate::oom::report::{OomReport, Signal};
 use crate::oom::threshold::{self, Threshold};
 use crate::warning::level::Episode;
 use crate::warning::Sink;
@@ -90,6 +91,7 @@ pub type Slot = Arc<tokio::sync::Mutex<Option<Exceeded>>>;
 /// A container whose limit the watch enforces.
 pub struct Member {
     pub id: String,
+    pub sandbox_id: Option<String>,
     pub limit: u64,
     pub runtime: Arc<dyn OciRuntime>,
     pub slot: Slot,
@@ -104,6 +106,7 @@ pub struct Member {
 impl Member {
     pub fn new(
         id: &str,
+        sandbox_id: Option<String>,
         limit: u64,
         runtime: Arc<dyn OciRuntime>,
         slot: Slot,
@@ -111,6 +114,7 @@ impl Member {
     ) -> Member {
         Member {
             id: id.to_string(),
+            sandbox_id,
             limit,
             runtime,
             slot,
@@ -607,6 +611,7 @@ impl SandboxLimits {
                         if *u > m.limit {
                             over.push((
                                 m.id.clone(),
+                                m.sandbox_id.clone(),
                                 *u,
                                 m.limit,
                                 m.slot.clone(),
@@ -631,7 +636,7 @@ impl SandboxLimits {
             sink.warned(usage, limit, "gVisor sandbox reading");
         }
         let mut kills = Vec::new();
-        for (id, usage, limit, slot, runtime) in over {
+        for (id, sandbox_id, usage, limit, slot, runtime) in over {
             // Never wait here (the sandbox may be frozen): a slot in use is
             // an earlier round's kill still publishing its TaskOOM.
             let Ok(mut guard): Result<OwnedMutexGuard<Option<Exceeded>>, _> = slot.try_lock_owned()
@@ -646,7 +651,7 @@ impl SandboxLimits {
             let killed = Instant::now();
             let woke_to_kill = killed.duration_since(woke);
             info!(
-                "own-limit id={id} usage={usage} limit={limit} sandbox_usage={} source={} wake={} frozen={frozen} woke_to_kill={woke_to_kill:?} kill={}: over its own memory limit; its processes killed, publishing TaskOOM",
+                "own-limit id={id} usage={usage} limit={limit} sandbox_usage={} source={} wake={} frozen={frozen} woke_to_kill={woke_to_kill:?} kill={}: over its own memory limit; its processes killed, publishing TaskOOM and /oomguard/oom",
                 reading.sandbox,
                 self.source(&id),
                 wake.name(),
@@ -669,6 +674,13 @@ impl SandboxLimits {
             let mut ev = TaskOOM::new();
             ev.container_id = id.clone();
             let acked = self.publisher.publish_acked(Event::Oom(ev));
+            // Its report right behind it: the container's own figures, as
+            // gVisor accounts them; the kill took all its processes.
+            let mut report = OomReport::new(&id, sandbox_id.as_deref(), Signal::OwnLimit);
+            report.memory.usage = Some(usage);
+            report.memory.limit = Some(limit);
+            report.group_kill = true;
+            self.publisher.publish(Event::OomKill(report.to_message()));
             let who = id.clone();
             tokio::spawn(async move {
                 if !acked.await {

@@ -57,7 +57,7 @@ pub fn write_if_empty(path: &std::path::Path, text: &str) -> std::io::Result<Out
     if meta.len() > 0 {
         return Ok(Outcome::KeptApplications(meta.len()));
     }
-    let bytes = &text.as_bytes()[..text.len().min(super::story::MAX_BYTES)];
+    let bytes = &text.as_bytes()[..text.len().min(super::text::MAX_BYTES)];
     f.write_all(bytes)?;
     Ok(Outcome::Written(bytes.len()))
 }

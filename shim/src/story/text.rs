@@ -27,6 +27,30 @@ pub struct Story {
     pub global: bool,
 }
 
+impl From<&crate::oom::report::OomReport> for Story {
+    fn from(r: &crate::oom::report::OomReport) -> Story {
+        use crate::oom::report::Signal;
+        let victim = r.victim.as_ref();
+        Story {
+            source: match r.signal {
+                Signal::MemcgEvent => Source::MemcgEvent,
+                Signal::KernelLog => Source::KernelLog,
+                Signal::GvisorSentry => Source::GvisorSentry,
+                Signal::OwnLimit => Source::OwnLimit,
+            },
+            victim_pid: victim.map(|v| v.pid),
+            victim_comm: victim.map(|v| v.comm.clone()),
+            victim_rss_kib: victim.and_then(|v| v.anon_rss_kb),
+            usage_bytes: r.memory.usage,
+            limit_bytes: r.memory.limit,
+            peak_bytes: r.memory.peak,
+            processes_killed: r.processes_killed.and_then(|k| u32::try_from(k).ok()),
+            group_kill: r.group_kill,
+            global: victim.is_some_and(|v| v.is_global()),
+        }
+    }
+}
+
 /// The kubelet keeps at most this much of a termination message.
 pub const MAX_BYTES: usize = 4096;
 

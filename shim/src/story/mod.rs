@@ -5,8 +5,8 @@
 //! `docker logs`).
 
 mod settings;
-pub mod story;
 mod termination;
+pub mod text;
 
 use std::fs::File;
 use std::io::Write;
@@ -15,18 +15,18 @@ use std::path::PathBuf;
 use log::{info, warn};
 
 pub use settings::{parse_oom_report, Settings};
-pub use story::Story;
+pub use text::Story;
 
-/// One container's report targets, fixed at Create.
+/// Where one container's story goes, fixed at Create.
 #[derive(Debug, Default)]
-pub struct Report {
+pub struct Targets {
     /// The host file the kubelet mounted as the termination-message path.
     pub termination_log: Option<PathBuf>,
 }
 
-impl Report {
+impl Targets {
     /// Resolves the targets from the container's OCI spec and settings.
-    pub fn for_container(id: &str, spec: &serde_json::Value, settings: &Settings) -> Report {
+    pub fn for_container(id: &str, spec: &serde_json::Value, settings: &Settings) -> Targets {
         let termination_log = if settings.termination_message {
             termination::host_file(spec)
         } else {
@@ -34,11 +34,11 @@ impl Report {
         };
         if let Some(p) = &termination_log {
             info!(
-                "report id={id}: termination-message file {} (the story goes there on an OOM kill if empty)",
+                "story id={id}: termination-message file {} (the story goes there on an OOM kill if empty)",
                 p.display()
             );
         }
-        Report { termination_log }
+        Targets { termination_log }
     }
 
     /// Tells the story of an OOM kill wherever the settings say: called on
@@ -52,15 +52,15 @@ impl Report {
         if let Some(path) = &self.termination_log {
             match termination::write_if_empty(path, &line) {
                 Ok(termination::Outcome::Written(n)) => info!(
-                    "report id={id}: wrote the OOM story ({n} bytes) to the termination-message file {}",
+                    "story id={id}: wrote the OOM story ({n} bytes) to the termination-message file {}",
                     path.display()
                 ),
                 Ok(termination::Outcome::KeptApplications(n)) => info!(
-                    "report id={id}: kept the termination-message file {}: the application wrote {n} bytes there",
+                    "story id={id}: kept the termination-message file {}: the application wrote {n} bytes there",
                     path.display()
                 ),
                 Err(e) => warn!(
-                    "report id={id}: termination-message file {}: {e}; the story is in the shim's log only",
+                    "story id={id}: termination-message file {}: {e}; the story is in the shim's log only",
                     path.display()
                 ),
             }
@@ -71,9 +71,9 @@ impl Report {
             // shared with the container's processes, which are gone.)
             let _ = set_nonblocking(&f);
             match f.write_all(format!("{line}\n").as_bytes()) {
-                Ok(()) => info!("report id={id}: wrote the OOM story to the container's stderr"),
+                Ok(()) => info!("story id={id}: wrote the OOM story to the container's stderr"),
                 Err(e) => {
-                    warn!("report id={id}: container stderr: {e}; the story is not in its log")
+                    warn!("story id={id}: container stderr: {e}; the story is not in its log")
                 }
             }
         }
