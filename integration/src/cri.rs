@@ -656,7 +656,12 @@ impl Cri {
         let needle = format!("-address {}", self.socket.display());
         crate::harness::processes()
             .into_iter()
-            .filter(|(_, cmd)| cmd.contains("containerd-shim") && cmd.contains(&needle))
+            // (not an `events` subscriber: its --address matches too)
+            .filter(|(_, cmd)| {
+                cmd.contains("containerd-shim")
+                    && cmd.contains(&needle)
+                    && !cmd.contains(" events ")
+            })
             .map(|(pid, _)| pid)
             .collect()
     }

@@ -610,6 +610,21 @@ impl Events {
         events
     }
 
+    /// `containerd-shim-oomguard-v2 events --json` on any containerd (a CRI
+    /// one: no probe, a moment to subscribe, as `on` does).
+    pub fn oomguard_on(socket: &Path, namespace: &str) -> Events {
+        let mut cmd = Command::new(shim_dir().join("containerd-shim-oomguard-v2"));
+        cmd.arg("events")
+            .arg("--address")
+            .arg(socket)
+            .arg("--namespace")
+            .arg(namespace)
+            .arg("--json");
+        let events = Events::spawn(cmd, parse_json_event, namespace);
+        std::thread::sleep(Duration::from_millis(500));
+        events
+    }
+
     fn oomguard(c: &Containerd) -> Events {
         let mut cmd = Command::new(shim_dir().join("containerd-shim-oomguard-v2"));
         cmd.arg("events")

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 
 use k8s_cri::v1::{ContainerConfig, Mount};
 use oomguard_integration::cri::{ensure_runsc, Cri, Pod, HANDLER, RUNSC_HANDLER};
+use oomguard_integration::harness::Events;
 
 macro_rules! on_every_containerd {
     ($($scenario:ident),* $(,)?) => {
@@ -224,6 +225,7 @@ fn runsc_termination_message(version: &str) {
 /// and a malformed level (`150%`, named in the log, default kept).
 fn memory_warning_once_per_episode(version: &str) {
     let c = Cri::start(version);
+    let events = Events::oomguard_on(&c.socket, "k8s.io");
     let fill = "dd if=/dev/zero of=/dev/shm/fill bs=1M count=59 2>/dev/null";
     let climbs_twice = format!(
         "{fill}; sleep 2; rm /dev/shm/fill; sleep 1; {fill}; sleep 2; rm /dev/shm/fill; echo done"
@@ -255,8 +257,21 @@ fn memory_warning_once_per_episode(version: &str) {
         let log = c.container_log(&pod, "app");
         let seen = log.matches(" stderr F oomguard: memory warning: ").count();
         assert_eq!(seen, warnings, "{level:?} {script}:\n{log}");
+        // The typed event, once per warning, with its figures.
+        let typed: Vec<_> = events
+            .of(&id)
+            .into_iter()
+            .filter(|e| e.topic == "/oomguard/memory-pressure")
+            .collect();
+        assert_eq!(typed.len(), warnings, "{level:?}: {:?}", events.topics(&id));
+        for e in &typed {
+            assert_eq!(e.body["trigger"], "TRIGGER_USAGE_LEVEL", "{:?}", e.body);
+            assert_eq!(e.body["limit_bytes"], MIB64, "{:?}", e.body);
+            assert_eq!(e.body["level_percent"], 90, "{:?}", e.body);
+        }
         if seen > 0 && level.is_none() {
             eprintln!("crictl logs (the warning):\n{log}");
+            eprintln!("events --json: {} {}", typed[0].topic, typed[0].body);
         }
         c.remove_pod(&pod);
     }

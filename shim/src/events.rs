@@ -57,6 +57,8 @@ pub enum Event {
     Resumed(TaskResumed),
     /// oomguard's own report of an OOM kill, right after its TaskOOM.
     OomKill(OOMKill),
+    /// oomguard's warning before a kill.
+    Pressure(proto::MemoryPressure),
 }
 
 impl Event {
@@ -72,6 +74,7 @@ impl Event {
             Event::Paused(_) => "/tasks/paused",
             Event::Resumed(_) => "/tasks/resumed",
             Event::OomKill(_) => proto::OOM_TOPIC,
+            Event::Pressure(_) => proto::PRESSURE_TOPIC,
         }
     }
 
@@ -88,6 +91,7 @@ impl Event {
             Event::Paused(e) => &e.container_id,
             Event::Resumed(e) => &e.container_id,
             Event::OomKill(e) => &e.container_id,
+            Event::Pressure(e) => &e.container_id,
         }
     }
 
@@ -104,6 +108,10 @@ impl Event {
             Event::Paused(e) => (task("TaskPaused"), e.write_to_bytes()),
             Event::Resumed(e) => (task("TaskResumed"), e.write_to_bytes()),
             Event::OomKill(e) => (proto::OOM_KILL_TYPE_URL.to_string(), e.write_to_bytes()),
+            Event::Pressure(e) => (
+                proto::MEMORY_PRESSURE_TYPE_URL.to_string(),
+                e.write_to_bytes(),
+            ),
         };
         let mut any = Any::new();
         any.type_url = type_url;

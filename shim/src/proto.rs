@@ -5,7 +5,7 @@ pub(crate) mod generated {
     include!(concat!(env!("OUT_DIR"), "/proto/mod.rs"));
 }
 
-pub use generated::oom::{OOMKill, Source};
+pub use generated::oom::{MemoryPressure, OOMKill, Source, Trigger};
 
 /// The topic of an [`OOMKill`]. Outside `/tasks/`: CRI and Docker subscribe
 /// to task topics only, so they never see a message they cannot decode.
@@ -14,6 +14,18 @@ pub const OOM_TOPIC: &str = "/oomguard/oom";
 /// The type URL of an [`OOMKill`] in the envelope's `Any`: the message's
 /// full name, as containerd's own events are named.
 pub const OOM_KILL_TYPE_URL: &str = "oomguard.events.v1.OOMKill";
+
+/// The topic and type URL of a [`MemoryPressure`] warning.
+pub const PRESSURE_TOPIC: &str = "/oomguard/memory-pressure";
+pub const MEMORY_PRESSURE_TYPE_URL: &str = "oomguard.events.v1.MemoryPressure";
+
+/// The proto enum name of a trigger ("TRIGGER_USAGE_LEVEL").
+pub fn trigger_name(t: protobuf::EnumOrUnknown<Trigger>) -> String {
+    match t.enum_value() {
+        Ok(s) => format!("{s:?}"),
+        Err(n) => n.to_string(),
+    }
+}
 
 /// Folds a later report of the same container into `into` (the queue keeps
 /// one per OOM story when containerd is away long; see `events.rs`): the

@@ -111,6 +111,7 @@ pub fn decode(type_url: &str, value: &[u8]) -> Result<Option<Decoded>, String> {
             )
         }
         proto::OOM_KILL_TYPE_URL => ("OOMKill", oom_kill(&parse(value)?)),
+        proto::MEMORY_PRESSURE_TYPE_URL => ("MemoryPressure", pressure(&parse(value)?)),
         _ => return Ok(None),
     };
     let Value::Object(fields) = fields else {
@@ -121,6 +122,28 @@ pub fn decode(type_url: &str, value: &[u8]) -> Result<Option<Decoded>, String> {
 
 fn parse<M: Message>(value: &[u8]) -> Result<M, String> {
     M::parse_from_bytes(value).map_err(|e| format!("{}: {e}", M::NAME))
+}
+
+/// The fields of a MemoryPressure warning: what the shim did not know
+/// stays out.
+fn pressure(e: &proto::MemoryPressure) -> Value {
+    let mut m = Map::new();
+    m.insert("container_id".into(), json!(e.container_id));
+    if !e.sandbox_id.is_empty() {
+        m.insert("sandbox_id".into(), json!(e.sandbox_id));
+    }
+    if let Some(t) = time(&e.timestamp) {
+        m.insert("timestamp".into(), json!(t));
+    }
+    m.insert("trigger".into(), json!(proto::trigger_name(e.trigger)));
+    if let Some(w) = e.working_set_bytes {
+        m.insert("working_set_bytes".into(), json!(w));
+    }
+    if let Some(l) = e.limit_bytes {
+        m.insert("limit_bytes".into(), json!(l));
+    }
+    m.insert("level_percent".into(), json!(e.level_percent));
+    Value::Object(m)
 }
 
 /// The fields of an OOMKill: what the shim did not know stays out.

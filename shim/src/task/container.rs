@@ -46,6 +46,8 @@ pub struct Container {
     /// The memory warning's level, and its watch once the container runs.
     warning_level: crate::warning::Level,
     warning_stall: crate::warning::Level,
+    /// Where the warning's event goes, and the pod it names.
+    warning_to: (Publisher, Option<String>),
     warning: std::sync::Mutex<
         Option<(
             Arc<crate::warning::Sink>,
@@ -184,6 +186,7 @@ impl Container {
             req.publisher.clone(),
             runtime.clone(),
         );
+        let warning_to = (req.publisher.clone(), sandbox.clone());
         let own_memory =
             ContainerMemory::new(req.id, sandbox, limit_of(&spec), req.publisher.clone());
         let container = Arc::new(Container {
@@ -199,6 +202,7 @@ impl Container {
             story: story_targets,
             warning_level,
             warning_stall,
+            warning_to,
             warning: std::sync::Mutex::new(None),
             rootfs_mounted,
         });
@@ -268,7 +272,13 @@ impl Container {
             .stderr_report
             .as_ref()
             .and_then(|f| f.try_clone().ok());
-        crate::warning::Sink::new(&self.id, self.warning_level, self.warning_stall, stderr)
+        crate::warning::Sink::new(
+            &self.id,
+            self.warning_level,
+            self.warning_stall,
+            stderr,
+            self.warning_to.clone(),
+        )
     }
 
     /// Watches the running container's memory for the warning: its own

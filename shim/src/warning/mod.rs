@@ -24,9 +24,13 @@ use std::sync::{Arc, Mutex};
 use log::{debug, info, warn};
 use tokio::task::JoinHandle;
 
+use containerd_shim_protos::protobuf::MessageField;
+
+use crate::events::{timestamp, Event, Publisher};
 use crate::oom::memcg::{key_values, Memcg};
 use crate::oom::pressure::PressureLevel;
 use crate::oom::threshold::{self, Threshold};
+use crate::proto::{MemoryPressure, Trigger};
 pub use level::Level;
 
 /// Where a container's warning goes: the shim's log, the container's
@@ -40,11 +44,20 @@ pub struct Sink {
     /// Taken at the init's exit, so the log's reader sees its end at once
     /// (an aborted task drops its future later).
     stderr: Mutex<Option<File>>,
+    /// The typed event (`/oomguard/memory-pressure`) and the pod it names.
+    publisher: Publisher,
+    sandbox_id: Option<String>,
 }
 
 impl Sink {
     /// `None` when the level is off.
-    pub fn new(id: &str, level: Level, stall: Level, stderr: Option<File>) -> Option<Arc<Sink>> {
+    pub fn new(
+        id: &str,
+        level: Level,
+        stall: Level,
+        stderr: Option<File>,
+        (publisher, sandbox_id): (Publisher, Option<String>),
+    ) -> Option<Arc<Sink>> {
         let Level::Share(share) = level else {
             info!("warning id={id}: memory warning off");
             return None;
@@ -57,11 +70,14 @@ impl Sink {
                 Level::Off => None,
             },
             stderr: Mutex::new(stderr),
+            publisher,
+            sandbox_id,
         }))
     }
 
     /// An episode began: `working_set` of `limit`, as `seen` says.
-    pub fn warned(&self, working_set: u64, limit: u64, seen: &str) {
+    pub fn warned(&self, working_set: u64, limit: u64, trigger: Trigger, seen: &str) {
+        self.publish(trigger, Some(working_set), Some(limit), self.share);
         let line = format!(
             "oomguard: memory warning: working set {} of the {} limit ({}%), over the {}% warning level: an OOM kill follows if it keeps growing",
             mib(working_set),
@@ -79,7 +95,14 @@ impl Sink {
     }
 
     /// v2: an episode of memory pressure began (`why`: PSI or memory.high).
-    pub fn pressured(&self, working_set: Option<u64>, limit: Option<u64>, why: &str) {
+    pub fn pressured(
+        &self,
+        working_set: Option<u64>,
+        limit: Option<u64>,
+        trigger: Trigger,
+        why: &str,
+    ) {
+        self.publish(trigger, working_set, limit, self.stall.unwrap_or(0.0));
         let at = match (working_set, limit) {
             (Some(w), Some(l)) => format!(
                 " at working set {} of the {} limit ({}%)",
@@ -97,6 +120,22 @@ impl Sink {
             &line,
             &format!("working_set={working_set:?} limit={limit:?} seen={why:?}"),
         );
+    }
+
+    /// The typed warning, through the shim's ordered queue (replayed after
+    /// a containerd outage like the task events).
+    fn publish(&self, trigger: Trigger, working_set: Option<u64>, limit: Option<u64>, level: f64) {
+        let e = MemoryPressure {
+            container_id: self.id.clone(),
+            sandbox_id: self.sandbox_id.clone().unwrap_or_default(),
+            timestamp: MessageField::some(timestamp(std::time::SystemTime::now())),
+            trigger: trigger.into(),
+            working_set_bytes: working_set,
+            limit_bytes: limit,
+            level_percent: (level * 100.0).round() as u32,
+            ..Default::default()
+        };
+        self.publisher.publish(Event::Pressure(e));
     }
 
     fn say(&self, line: &str, fields: &str) {
@@ -222,7 +261,12 @@ async fn watch(sink: &Sink, memcg: &Memcg, limit: u64) -> std::io::Result<()> {
         // Read after arming: a climb between the two is not missed.
         let ws = working_set(memcg)?;
         if episode.observe(ws) {
-            sink.warned(ws, limit, "memcg usage threshold");
+            sink.warned(
+                ws,
+                limit,
+                Trigger::TRIGGER_USAGE_LEVEL,
+                "memcg usage threshold",
+            );
             continue;
         }
         debug!("warning id={id}: working_set={ws} next_crossing={mark} => waiting");
@@ -260,14 +304,14 @@ async fn watch_v2(sink: &Sink, memcg: &Memcg, psi: psi::PsiTrigger) -> std::io::
                 None => std::future::pending().await,
             }
         };
-        let why = tokio::select! {
+        let (trigger, why) = tokio::select! {
             r = psi.next() => {
                 r?;
-                format!(
+                (Trigger::TRIGGER_PRESSURE_STALL, format!(
                     "memory pressure stalled its tasks for over {}% of {} s",
                     (sink.stall.unwrap_or(0.0) * 100.0).round(),
                     psi::WINDOW_US / 1_000_000
-                )
+                ))
             }
             r = events.next() => {
                 r?;
@@ -276,7 +320,10 @@ async fn watch_v2(sink: &Sink, memcg: &Memcg, psi: psi::PsiTrigger) -> std::io::
                     continue;
                 }
                 high = now;
-                "it reached memory.high (the kernel throttles it there)".to_string()
+                (
+                    Trigger::TRIGGER_MEMORY_HIGH,
+                    "it reached memory.high (the kernel throttles it there)".to_string(),
+                )
             }
             _ = quiet => {
                 debug!("warning id={}: no pressure for {QUIET:?} => episode over", sink.id);
@@ -287,7 +334,7 @@ async fn watch_v2(sink: &Sink, memcg: &Memcg, psi: psi::PsiTrigger) -> std::io::
         if episode_until.is_none() {
             let figures = crate::oom::figures::MemoryFigures::read(memcg);
             let ws = working_set(memcg).ok();
-            sink.pressured(ws, figures.limit, &why);
+            sink.pressured(ws, figures.limit, trigger, &why);
         }
         episode_until = Some(tokio::time::Instant::now() + QUIET);
     }

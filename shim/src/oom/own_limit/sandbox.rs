@@ -633,7 +633,12 @@ impl SandboxLimits {
             members.list.retain(|m| !unenforceable.contains(&m.id));
         }
         for (sink, usage, limit) in warned {
-            sink.warned(usage, limit, "gVisor sandbox reading");
+            sink.warned(
+                usage,
+                limit,
+                crate::proto::Trigger::TRIGGER_GVISOR_READING,
+                "gVisor sandbox reading",
+            );
         }
         let mut kills = Vec::new();
         for (id, sandbox_id, usage, limit, slot, runtime) in over {
