@@ -12,10 +12,12 @@
 #            "ctr containers delete" of that container (kill+delete); mean,
 #            median, p90. Plus two floors for reference: "ctr version" (client
 #            start-up + one RPC) and "runc run" of /bin/true without containerd.
-#   idle     per runtime in turn: N containers running /bin/sleep, 1 s to settle,
+#   idle     per runtime in turn: N containers running /bin/sleep, 2 s to settle,
 #            then the shims' CPU time over T seconds (utime+stime of
-#            /proc/PID/stat; on-CPU ns of /proc/PID/task/*/schedstat), their
-#            context switches, then per shim PSS, RSS and USS (smaps_rollup) and
+#            /proc/PID/stat; on-CPU ns of a cpuacct cgroup the shims are
+#            moved into for the window, which keeps the time of threads that
+#            end in it), their context switches (live threads; how many
+#            ended is shown), then per shim PSS, RSS and USS (smaps_rollup) and
 #            threads (/proc/PID/status); then the containers are removed. The
 #            host's kernel log lines in the window are counted too. Then the
 #            same shims again for T seconds while `oomguard-bench kmsg-flood`
@@ -24,6 +26,10 @@
 #            an idle oomguard shim keeps /dev/kmsg out of its epoll set.
 #            (Their "ctr run -d" times go to the samples file only: the two
 #            runtimes are not interleaved there, so host load drifts between them.)
+#   high     per runtime in turn: H containers each holding ~95 % of a 64 MiB
+#            limit in tmpfs (memory it cannot reclaim), 3 s to settle (oomguard
+#            warned each once, /oomguard/memory-pressure), then the same CPU
+#            and context-switch figures over T seconds as for idle.
 #   oom      OOM kill -> TaskOOM (oomguard-bench latency): O rounds, the two
 #            runtimes interleaved (ABBA); a container with a 32 MiB limit sleeps
 #            1 s, then allocates 100 MB. t0 = an eventfd of the measuring
@@ -213,6 +219,8 @@ cleanup_ver() {
 		rmdir "$cg/floor" 2>/dev/null || true
 		rmdir "$cg" 2>/dev/null || true
 	done
+	shims_cgroup_remove stock
+	shims_cgroup_remove oomguard
 	[[ -z $WORK ]] || rm -rf -- "$WORK"
 	WORK=""
 	return 0
@@ -297,6 +305,68 @@ cpu_snapshot() {
 	printf '%s %s %s %s\n' "$ticks" "$ns" "$cs" "$threads"
 }
 
+# shims_cgroup KIND PID...: moves the shims into a cpuacct cgroup of their own
+# and prints its path. Their CPU is read there, whole: schedstat sums only
+# live threads, and a thread that ends in the window (tokio lets an idle
+# blocking-pool thread go 10 s after its last runtime command) would take its
+# time with it. The shims' later children (runc delete) join it too.
+shims_cgroup() {
+	local cg=/sys/fs/cgroup/cpuacct/$PREFIX-shims-$1 p
+	shift
+	mkdir -p "$cg" || die "cannot create $cg"
+	for p in "$@"; do
+		printf '%s\n' "$p" >"$cg/cgroup.procs" || die "cannot move shim $p into $cg"
+	done
+	printf '%s\n' "$cg"
+}
+
+# shims_cgroup_remove KIND: the group goes once its shims have (or, when
+# they are still there, they go back to the root group first).
+shims_cgroup_remove() {
+	local cg=/sys/fs/cgroup/cpuacct/$PREFIX-shims-$1 p
+	[[ -d $cg ]] || return 0
+	while read -r p; do
+		printf '%s\n' "$p" >/sys/fs/cgroup/cpuacct/cgroup.procs 2>/dev/null || true
+	done <"$cg/cgroup.procs"
+	rmdir "$cg" 2>/dev/null || warn "could not remove $cg"
+}
+
+# shims_cpu CG OUT PID...: "ticks ns" of the shims (ticks: utime+stime of
+# /proc/PID/stat; ns: CG's cpuacct.usage, both counting ended threads), and
+# each live thread's "tid switches" written to OUT for switches_between.
+shims_cpu() {
+	local cg=$1 out=$2 p t st ticks=0 key n cs
+	local -a fl
+	shift 2
+	: >"$out"
+	for p in "$@"; do
+		st=$(<"/proc/$p/stat") || die "shim $p is gone"
+		st=${st##*) }
+		read -r -a fl <<<"$st"
+		ticks=$((ticks + fl[11] + fl[12]))
+		for t in /proc/"$p"/task/*; do
+			cs=0
+			while read -r key n _; do
+				case $key in
+				voluntary_ctxt_switches: | nonvoluntary_ctxt_switches:) cs=$((cs + n)) ;;
+				esac
+			done 2>/dev/null <"$t/status" || continue
+			printf '%s %s\n' "${t##*/}" "$cs" >>"$out"
+		done
+	done
+	printf '%s %s\n' "$ticks" "$(<"$cg/cpuacct.usage")"
+}
+
+# switches_between OUT0 OUT1: "switches ended": the context switches between
+# two shims_cpu snapshots of the threads alive at the second (a thread born
+# in between counts from 0), and how many threads ended in between (their
+# last switches are not seen: a lower bound then).
+switches_between() {
+	awk 'NR == FNR { before[$1] = $2; next }
+		{ sum += $2 - ($1 in before ? before[$1] : 0); seen[$1] = 1 }
+		END { for (t in before) if (!(t in seen)) ended++; printf "%d %d\n", sum, ended }' "$1" "$2"
+}
+
 ctr_() { "$CTR_BIN" --address "$DIR/containerd.sock" --namespace "$NS" "$@"; }
 
 ctr_delete() { # ID: what is timed as kill+delete
@@ -367,20 +437,23 @@ phase_idle() {
 		id="$PREFIX-$k-idle$i"
 		run_timed "$WORK/idle-start.$k" ctr_ run -d --runtime "${RUNTIME[$k]}" --rootfs "$ROOTFS" "$id" /bin/sleep 1000
 	done
-	sleep 1
+		# (2 s: an oomguard shim's blocking-pool thread ends 1 s after its last
+	# runtime command; the window is the steady state after that.)
+	sleep 2
 	mapfile -t pids < <(shim_pids "$k")
 	((${#pids[@]} == N)) || warn "$k: found ${#pids[@]} shim processes for $N containers"
 	((${#pids[@]})) || die "$k: no shim processes found"
 
 	# Host kernel log lines in the window (oomguard reads /dev/kmsg only
 	# while an OOM, host memory pressure or an exit makes it matter): counted.
-	local c0 c1 c2="" c3=""
+	local c0 c1 c2="" c3="" cg s ended
+	cg=$(shims_cgroup "$k" "${pids[@]}")
 	dmesg --follow-new --raw >"$WORK/kmsg.$k" 2>/dev/null &
 	KMSG_PID=$!
-	c0=$(cpu_snapshot "${pids[@]}")
+	c0=$(shims_cpu "$cg" "$WORK/thr0.$k" "${pids[@]}")
 	sleep "$T" &
 	wait $! # (a signal's trap runs at once, not after the sleep)
-	c1=$(cpu_snapshot "${pids[@]}")
+	c1=$(shims_cpu "$cg" "$WORK/thr1.$k" "${pids[@]}")
 	kill "$KMSG_PID" 2>/dev/null || true
 	wait "$KMSG_PID" 2>/dev/null || true
 	KMSG_PID=""
@@ -391,12 +464,12 @@ phase_idle() {
 		echo on >/proc/sys/kernel/printk_devkmsg || die "cannot set kernel.printk_devkmsg"
 		dmesg --follow-new --raw >"$WORK/kmsg-flood.$k" 2>/dev/null &
 		KMSG_PID=$!
-		c2=$(cpu_snapshot "${pids[@]}")
+		c2=$(shims_cpu "$cg" "$WORK/thr2.$k" "${pids[@]}")
 		"$BENCH_BIN" kmsg-flood --rate "$F" --seconds "$T" >"$WORK/flood.$k" 2>&1 &
 		FLOOD_PID=$!
 		wait "$FLOOD_PID" || die "kmsg-flood failed: $(cat "$WORK/flood.$k")"
 		FLOOD_PID=""
-		c3=$(cpu_snapshot "${pids[@]}")
+		c3=$(shims_cpu "$cg" "$WORK/thr3.$k" "${pids[@]}")
 		restore_devkmsg
 		sleep 0.2
 		kill "$KMSG_PID" 2>/dev/null || true
@@ -420,16 +493,18 @@ phase_idle() {
 			END { printf "pss %.0f\nrss %.0f\nuss %.0f\nanon %.0f\n", pss / n, rss / n, uss / n, anon / n }' "${files[@]}"
 		printf 'kmsg_lines %s\n' "$(grep -c '' "$WORK/kmsg.$k" || true)"
 		printf 'threads %s\nthreads_max %s\n' "$(awk -v s="$tsum" -v n="${#pids[@]}" 'BEGIN { printf "%.1f", s / n }')" "$tmax"
-		read -r t0 n0 s0 _ <<<"$c0"
-		read -r t1 n1 s1 _ <<<"$c1"
-		awk -v dt=$((t1 - t0)) -v dn=$((n1 - n0)) -v ds=$((s1 - s0)) -v hz="$CLK_TCK" -v T="$T" -v n="${#pids[@]}" 'BEGIN {
-			printf "cpu_ticks %d\ncpu_ms_stat %.2f\ncpu_ms_sched %.3f\ncswitch_per_s %.2f\n", dt, dt * 1000 / hz, dn / 1e6, ds / T
+		read -r t0 n0 <<<"$c0"
+		read -r t1 n1 <<<"$c1"
+		read -r s ended <<<"$(switches_between "$WORK/thr0.$k" "$WORK/thr1.$k")"
+		awk -v dt=$((t1 - t0)) -v dn=$((n1 - n0)) -v ds="$s" -v ended="$ended" -v hz="$CLK_TCK" -v T="$T" 'BEGIN {
+			printf "cpu_ticks %d\ncpu_ms_stat %.2f\ncpu_ms_sched %.3f\ncswitch_per_s %.2f\nthreads_ended %d\n", dt, dt * 1000 / hz, dn / 1e6, ds / T, ended
 		}'
 		if [[ -n $c2 ]]; then
-			read -r t2 n2 s2 _ <<<"$c2"
-			read -r t3 n3 s3 _ <<<"$c3"
-			awk -v dt=$((t3 - t2)) -v dn=$((n3 - n2)) -v ds=$((s3 - s2)) -v T="$T" 'BEGIN {
-				printf "flood_ticks %d\nflood_ms_sched %.3f\nflood_cswitch_per_s %.2f\n", dt, dn / 1e6, ds / T
+			read -r t2 n2 <<<"$c2"
+			read -r t3 n3 <<<"$c3"
+			read -r s ended <<<"$(switches_between "$WORK/thr2.$k" "$WORK/thr3.$k")"
+			awk -v dt=$((t3 - t2)) -v dn=$((n3 - n2)) -v ds="$s" -v ended="$ended" -v T="$T" 'BEGIN {
+				printf "flood_ticks %d\nflood_ms_sched %.3f\nflood_cswitch_per_s %.2f\nflood_threads_ended %d\n", dt, dn / 1e6, ds / T, ended
 			}'
 			printf 'flood_kmsg_lines %s\n' "$(grep -c '' "$WORK/kmsg-flood.$k" || true)"
 			printf 'flood_written %s\n' "$(awk '{ print $2 }' "$WORK/flood.$k")"
@@ -440,6 +515,7 @@ phase_idle() {
 	for ((i = 0; i < N; i++)); do
 		remove_container "$PREFIX-$k-idle$i"
 	done
+	shims_cgroup_remove "$k"
 }
 
 # H containers of KIND, each holding ~95 % of its 64 MiB limit in tmpfs
@@ -459,25 +535,30 @@ phase_high() {
 	mapfile -t pids < <(shim_pids "$k")
 	((${#pids[@]} == H)) || warn "$k: found ${#pids[@]} shim processes for $H containers"
 	((${#pids[@]})) || die "$k: no shim processes found"
-	local c0 c1 usage
+	local c0 c1 cg usage s ended
+	cg=$(shims_cgroup "$k" "${pids[@]}")
 	usage=$(cat "/sys/fs/cgroup/memory/$NS/$PREFIX-$k-high0/memory.usage_in_bytes" 2>/dev/null || echo "")
-	c0=$(cpu_snapshot "${pids[@]}")
+	c0=$(shims_cpu "$cg" "$WORK/thr0.$k" "${pids[@]}")
 	sleep "$T" &
 	wait $!
-	c1=$(cpu_snapshot "${pids[@]}")
+	c1=$(shims_cpu "$cg" "$WORK/thr1.$k" "${pids[@]}")
 	{
 		printf 'shims %s
 usage0 %s
 ' "${#pids[@]}" "$usage"
-		read -r t0 n0 s0 _ <<<"$c0"
-		read -r t1 n1 s1 _ <<<"$c1"
-		awk -v dt=$((t1 - t0)) -v dn=$((n1 - n0)) -v ds=$((s1 - s0)) -v hz="$CLK_TCK" -v T="$T" 'BEGIN {
-			printf "cpu_ms_stat %.2f\ncpu_ms_sched %.3f\ncswitch_per_s %.2f\n", dt * 1000 / hz, dn / 1e6, ds / T
+		read -r t0 n0 <<<"$c0"
+		read -r t1 n1 <<<"$c1"
+		read -r s ended <<<"$(switches_between "$WORK/thr0.$k" "$WORK/thr1.$k")"
+		awk -v dt=$((t1 - t0)) -v dn=$((n1 - n0)) -v ds="$s" -v ended="$ended" -v hz="$CLK_TCK" -v T="$T" 'BEGIN {
+			printf "cpu_ms_stat %.2f\ncpu_ms_sched %.3f\ncswitch_per_s %.2f\nthreads_ended %d\n", dt * 1000 / hz, dn / 1e6, ds / T, ended
 		}'
+		# oomguard's warnings in its log (containerd's): one per container.
+		printf 'warned %s\n' "$(grep -c "warning id=$PREFIX-$k-high[0-9]*: .*=> warned" "$DIR/containerd.log" || true)"
 	} >"$WORK/high.$k"
 	for ((i = 0; i < H; i++)); do
 		remove_container "$PREFIX-$k-high$i"
 	done
+	shims_cgroup_remove "$k"
 }
 
 # OOM kill -> TaskOOM, runc then gVisor; lines go to $WORK/oomlat.tsv, and
@@ -876,12 +957,13 @@ report() {
 		row "threads per shim (max)" "$(val stock threads_max)" "$(val oomguard threads_max)"
 		row "idle CPU, all $N shims, ${T}s, ticks (1/$CLK_TCK s)" "$(val stock cpu_ticks)" "$(val oomguard cpu_ticks)"
 		row "idle CPU, all $N shims, ${T}s, ms (utime+stime)" "$(val stock cpu_ms_stat)" "$(val oomguard cpu_ms_stat)"
-		row "idle CPU, all $N shims, ${T}s, ms (schedstat)" "$(val stock cpu_ms_sched)" "$(val oomguard cpu_ms_sched)"
+		row "idle CPU, all $N shims, ${T}s, ms (cpuacct)" "$(val stock cpu_ms_sched)" "$(val oomguard cpu_ms_sched)"
 		row "idle context switches/s, all $N shims" "$(val stock cswitch_per_s)" "$(val oomguard cswitch_per_s)"
+		printf '| (shim threads that ended in that window) | %s | %s | |\n' "$(val stock threads_ended)" "$(val oomguard threads_ended)"
 		printf '| (host kernel log lines during that window) | %s | %s | |\n' "$(val stock kmsg_lines)" "$(val oomguard kmsg_lines)"
 		if [[ -n $(val oomguard flood_ticks) ]]; then
 			row "idle CPU, all $N shims, ${T}s under $F kernel log lines/s, ticks" "$(val stock flood_ticks)" "$(val oomguard flood_ticks)"
-			row "idle CPU, all $N shims, ${T}s under $F kernel log lines/s, ms (schedstat)" "$(val stock flood_ms_sched)" "$(val oomguard flood_ms_sched)"
+			row "idle CPU, all $N shims, ${T}s under $F kernel log lines/s, ms (cpuacct)" "$(val stock flood_ms_sched)" "$(val oomguard flood_ms_sched)"
 			row "idle context switches/s, all $N shims, under the flood" "$(val stock flood_cswitch_per_s)" "$(val oomguard flood_cswitch_per_s)"
 			printf '| (kernel log lines in the flood window: written / seen) | %s / %s | %s / %s | |\n' \
 				"$(val stock flood_written)" "$(val stock flood_kmsg_lines)" "$(val oomguard flood_written)" "$(val oomguard flood_kmsg_lines)"
@@ -890,8 +972,10 @@ report() {
 	if [[ -s $WORK/high.stock ]]; then
 		hv() { awk -v k="$2" '$1 == k { print $2 }' "$WORK/high.$1"; }
 		row "CPU, all $H shims, containers at 95% of their limit, ${T}s, ms (utime+stime)" "$(hv stock cpu_ms_stat)" "$(hv oomguard cpu_ms_stat)"
-		row "CPU, all $H shims, containers at 95% of their limit, ${T}s, ms (schedstat)" "$(hv stock cpu_ms_sched)" "$(hv oomguard cpu_ms_sched)"
+		row "CPU, all $H shims, containers at 95% of their limit, ${T}s, ms (cpuacct)" "$(hv stock cpu_ms_sched)" "$(hv oomguard cpu_ms_sched)"
 		row "context switches/s, all $H shims at 95%" "$(hv stock cswitch_per_s)" "$(hv oomguard cswitch_per_s)"
+		printf '| (shim threads that ended in that window) | %s | %s | |\n' "$(hv stock threads_ended)" "$(hv oomguard threads_ended)"
+		printf '| (memory warnings in the shims'"'"' log: /oomguard/memory-pressure) | - | %s / %s containers | |\n' "$(hv oomguard warned)" "$H"
 	fi
 	oom_rows
 	storm_rows

@@ -26,6 +26,13 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
 /// shutdown is not held up by a containerd that is already gone.
 const SIGNAL_GRACE: Duration = Duration::from_secs(2);
 
+/// How long a blocking-pool thread (runtime commands, cgroup writes) waits
+/// for more work before it ends. Tokio's default is 10 s; a container's
+/// commands come in bursts (create, start; kill, delete), so a second keeps
+/// a burst on one thread and lets an idle shim drop back to its two threads
+/// (and wake no more) soon after, instead of ending that thread 10 s later.
+const BLOCKING_KEEP_ALIVE: Duration = Duration::from_secs(1);
+
 pub fn run(flags: &Flags) -> Result<(), String> {
     if let Err(e) = crate::logger::init(flags.debug, "info") {
         eprintln!("serve: no log pipe from containerd: {e}");
@@ -34,6 +41,7 @@ pub fn run(flags: &Flags) -> Result<(), String> {
         .map_err(|_| "serve: TTRPC_ADDRESS is not set (containerd sets it)".to_string())?;
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
+        .thread_keep_alive(BLOCKING_KEEP_ALIVE)
         .build()
         .map_err(|e| format!("serve: runtime: {e}"))?;
     let result = rt.block_on(serve(flags, ttrpc_address));
