@@ -280,26 +280,40 @@ shim_pids() {
 	done
 }
 
+# process_ticks PID: utime+stime of /proc/PID/stat (ended threads included).
+process_ticks() {
+	local st
+	local -a fl
+	st=$(<"/proc/$1/stat") || die "shim $1 is gone"
+	st=${st##*) }
+	read -r -a fl <<<"$st"
+	printf '%s\n' $((fl[11] + fl[12]))
+}
+
+# thread_switches /proc/PID/task/TID: its voluntary + involuntary context
+# switches (fails when the thread is gone).
+thread_switches() {
+	local key n cs=0
+	while read -r key n _; do
+		case $key in
+		voluntary_ctxt_switches: | nonvoluntary_ctxt_switches:) cs=$((cs + n)) ;;
+		esac
+	done 2>/dev/null <"$1/status" || return 1
+	printf '%s\n' "$cs"
+}
+
 # cpu_snapshot PID...: "ticks sched_ns ctxt_switches threads" summed over the
 # processes (ticks: utime+stime of /proc/PID/stat, which includes exited
 # threads; sched_ns and switches: over the live threads).
 cpu_snapshot() {
-	local p t st ticks=0 ns=0 cs=0 threads=0 f key n
-	local -a fl
+	local p t ticks=0 ns=0 cs=0 threads=0 f
 	for p in "$@"; do
-		st=$(<"/proc/$p/stat") || die "shim $p is gone"
-		st=${st##*) }
-		read -r -a fl <<<"$st"
-		ticks=$((ticks + fl[11] + fl[12]))
+		ticks=$((ticks + $(process_ticks "$p")))
 		for t in /proc/"$p"/task/*; do
 			read -r f _ 2>/dev/null <"$t/schedstat" || continue
 			ns=$((ns + f))
 			threads=$((threads + 1))
-			while read -r key n _; do
-				case $key in
-				voluntary_ctxt_switches: | nonvoluntary_ctxt_switches:) cs=$((cs + n)) ;;
-				esac
-			done 2>/dev/null <"$t/status" || true
+			cs=$((cs + $(thread_switches "$t")))
 		done
 	done
 	printf '%s %s %s %s\n' "$ticks" "$ns" "$cs" "$threads"
@@ -335,22 +349,13 @@ shims_cgroup_remove() {
 # /proc/PID/stat; ns: CG's cpuacct.usage, both counting ended threads), and
 # each live thread's "tid switches" written to OUT for switches_between.
 shims_cpu() {
-	local cg=$1 out=$2 p t st ticks=0 key n cs
-	local -a fl
+	local cg=$1 out=$2 p t ticks=0 cs
 	shift 2
 	: >"$out"
 	for p in "$@"; do
-		st=$(<"/proc/$p/stat") || die "shim $p is gone"
-		st=${st##*) }
-		read -r -a fl <<<"$st"
-		ticks=$((ticks + fl[11] + fl[12]))
+		ticks=$((ticks + $(process_ticks "$p")))
 		for t in /proc/"$p"/task/*; do
-			cs=0
-			while read -r key n _; do
-				case $key in
-				voluntary_ctxt_switches: | nonvoluntary_ctxt_switches:) cs=$((cs + n)) ;;
-				esac
-			done 2>/dev/null <"$t/status" || continue
+			cs=$(thread_switches "$t") || continue
 			printf '%s %s\n' "${t##*/}" "$cs" >>"$out"
 		done
 	done
